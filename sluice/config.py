@@ -1,0 +1,89 @@
+"""Worker settings: one typed structure, each field with its default, env variable and check.
+
+Precedence: an explicit argument (or CLI flag) wins over ``SLUICE_<FIELD>`` in the environment,
+which wins over the default. A bad value fails at start with a message naming it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from sluice.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///sluice.db"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    #: where nodes coordinate (SLUICE_DATABASE_URL)
+    database_url: str = DEFAULT_DATABASE_URL
+    #: seconds between a node's heartbeats; leases are renewed and membership re-read on each
+    heartbeat: float = 1.0
+    #: a node whose last heartbeat is older than this many seconds is no longer live
+    node_ttl: float = 5.0
+    #: seconds a claim lasts without renewal; work of a killed node is retried after this
+    lease_ttl: float = 10.0
+    #: seconds between store polls when no wake-up arrives (SQLite has no LISTEN/NOTIFY)
+    poll_interval: float = 0.0  # 0 = per database: 0.1 s on SQLite, 1 s on PostgreSQL
+    #: seconds a stopping node waits for running work before handing it back
+    drain_timeout: float = 30.0
+    #: handler threads per worker process
+    concurrency: int = 8
+    #: node group (pipelines with groups=) and zone
+    group: str | None = None
+    zone: str | None = None
+
+    @classmethod
+    def load(cls, **given: Any) -> Settings:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            env = os.environ.get(f"SLUICE_{f.name.upper()}")
+            if given.get(f.name) is not None:
+                values[f.name] = given[f.name]
+            elif env not in (None, ""):
+                values[f.name] = _parse(f.name, env, f.type)
+        unknown = set(given) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}; known: "
+                              f"{', '.join(f.name for f in fields(cls))}")
+        return cls(**values).checked()
+
+    def checked(self) -> Settings:
+        for name in ("heartbeat", "node_ttl", "lease_ttl", "drain_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"setting {name} (SLUICE_{name.upper()}) must be a number > 0, "
+                                  f"got {value!r}")
+        if self.node_ttl < 2 * self.heartbeat:
+            raise ConfigError(f"setting node_ttl ({self.node_ttl}) must be at least twice "
+                              f"heartbeat ({self.heartbeat}) or live nodes will flap")
+        if self.lease_ttl < 2 * self.heartbeat:
+            raise ConfigError(f"setting lease_ttl ({self.lease_ttl}) must be at least twice "
+                              f"heartbeat ({self.heartbeat}): leases are renewed every heartbeat")
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ConfigError(f"setting concurrency must be an integer >= 1, "
+                              f"got {self.concurrency!r}")
+        return self
+
+    def poll(self) -> float:
+        if self.poll_interval > 0:
+            return self.poll_interval
+        return 0.1 if self.database_url.startswith("sqlite") else 1.0
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None}).checked()
+
+
+def _parse(name: str, raw: str, typ: Any) -> Any:
+    kind = str(typ)
+    try:
+        if "float" in kind:
+            return float(raw)
+        if "int" in kind:
+            return int(raw)
+    except ValueError:
+        raise ConfigError(f"SLUICE_{name.upper()}={raw!r} is not a number") from None
+    return raw

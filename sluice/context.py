@@ -1,0 +1,69 @@
+"""The context a handler receives: which run, which attempt, which node, and how to stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sluice.errors import Cancelled
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeInfo:
+    id: str
+    group: str | None
+    zone: str | None
+    concurrency: int
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Passed to every handler.
+
+    ``scheduled_at`` is the instant the run was scheduled for (UTC), the same on every node and
+    every retry: together with ``job`` it is the run's idempotency key (``idempotency_key``).
+    ``fencing_token`` increases on every claim of this unit of work; pass it to a downstream
+    that can reject stale writers. ``state`` is the job's JSON state, saved when the handler
+    returns without error.
+    """
+
+    job: str
+    run_id: int
+    scheduled_at: datetime
+    attempt: int
+    node: NodeInfo
+    fencing_token: int
+    shards: list[str] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("sluice.job"),
+                                repr=False)
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.job}@{self.scheduled_at.isoformat()}"
+
+    @property
+    def run(self) -> int:
+        return self.run_id
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was asked to stop (replaced, timed out, lease lost, shutdown)."""
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise ``sluice.Cancelled`` if the run was asked to stop; call it between steps."""
+        if self._cancel.is_set():
+            raise Cancelled(f"run {self.run_id} of {self.job!r} was cancelled")
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking early on cancellation; True if cancelled."""
+        return self._cancel.wait(seconds)
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)

@@ -1,0 +1,290 @@
+-- Every statement the store runs, by name. Parameters are :name. Tokens in braces are filled in
+-- per database so both stores run the same statements:
+--   {now}          the database clock, epoch seconds (PostgreSQL: clock_timestamp(); SQLite: the
+--                  one machine's clock, passed in)
+--   {next_token}   a new fencing token, larger than every token handed out before
+--   {skip_locked}  FOR UPDATE SKIP LOCKED on PostgreSQL, nothing on SQLite (one writer at a time)
+-- A block named "x@postgresql" or "x@sqlite" replaces "x" on that database.
+
+-- name: clock
+SELECT {now} AS now
+
+-- name: node_upsert
+INSERT INTO sluice_nodes (id, host, pid, grp, zone, concurrency, started_at, heartbeat_at, state, info)
+VALUES (:id, :host, :pid, :grp, :zone, :concurrency, {now}, {now}, 'live', :info)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, state = 'live', info = excluded.info
+
+-- name: node_heartbeat
+UPDATE sluice_nodes SET heartbeat_at = {now}, state = :state, info = :info WHERE id = :id
+RETURNING heartbeat_at AS now
+
+-- name: node_live
+SELECT id, host, pid, grp, zone, concurrency, started_at, heartbeat_at, state, info,
+       {now} - heartbeat_at AS age
+  FROM sluice_nodes WHERE heartbeat_at >= {now} - :ttl ORDER BY id
+
+-- name: node_delete
+DELETE FROM sluice_nodes WHERE id = :id
+
+-- name: node_delete_stale
+DELETE FROM sluice_nodes WHERE heartbeat_at < {now} - :horizon
+
+-- name: job_upsert
+INSERT INTO sluice_jobs (name, kind, spec, next_fire_at, finish_delay, updated_at)
+VALUES (:name, :kind, :spec, :next_fire_at, :finish_delay, {now})
+ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, spec = excluded.spec,
+    next_fire_at = excluded.next_fire_at, finish_delay = excluded.finish_delay,
+    overrides = '{}', updated_at = excluded.updated_at
+WHERE sluice_jobs.spec <> excluded.spec
+
+-- name: job_all
+SELECT name, kind, spec, next_fire_at, finish_delay, paused, overrides, state, updated_at
+  FROM sluice_jobs ORDER BY name
+
+-- name: job_get
+SELECT name, kind, spec, next_fire_at, finish_delay, paused, overrides, state, updated_at
+  FROM sluice_jobs WHERE name = :name
+
+-- name: job_due
+SELECT name, next_fire_at, {now} AS now FROM sluice_jobs
+ WHERE paused = 0 AND next_fire_at <= {now} ORDER BY next_fire_at LIMIT :limit
+
+-- name: job_next_fire
+SELECT min(next_fire_at) AS next_fire_at, {now} AS now FROM sluice_jobs WHERE paused = 0
+
+-- name: job_advance
+UPDATE sluice_jobs SET next_fire_at = :new_next WHERE name = :name AND next_fire_at = :expected
+
+-- name: job_lock
+SELECT name FROM sluice_jobs WHERE name = :name FOR UPDATE
+
+-- name: job_lock@sqlite
+SELECT name FROM sluice_jobs WHERE name = :name
+
+-- name: job_set_paused
+UPDATE sluice_jobs SET paused = :paused, updated_at = {now} WHERE name = :name
+
+-- name: job_set_schedule
+UPDATE sluice_jobs SET overrides = :overrides, next_fire_at = :next_fire_at,
+       finish_delay = :finish_delay, updated_at = {now}
+ WHERE name = :name
+
+-- name: job_set_overrides
+UPDATE sluice_jobs SET overrides = :overrides, updated_at = {now} WHERE name = :name
+
+-- name: job_save_state
+UPDATE sluice_jobs SET state = :state WHERE name = :name
+
+-- name: job_after_run
+UPDATE sluice_jobs SET next_fire_at = {now} + finish_delay
+ WHERE name = :name AND finish_delay IS NOT NULL
+
+-- name: job_versions
+SELECT name, paused, overrides, updated_at FROM sluice_jobs
+
+-- name: run_insert
+INSERT INTO sluice_runs (job, scheduled_at, trigger, state, created_at, started_at, open_tasks,
+                         node, stats)
+VALUES (:job, :scheduled_at, :trigger, :state, {now},
+        CASE WHEN CAST(:state AS text) IN ('pending', 'running') THEN {now} END, :open_tasks, :node, :stats)
+ON CONFLICT (job, scheduled_at) DO NOTHING
+RETURNING id
+
+-- name: run_active
+SELECT id, state FROM sluice_runs
+ WHERE job = :job AND state IN ('ready', 'queued', 'pending', 'running') ORDER BY id
+
+-- name: run_cancel_active
+UPDATE sluice_runs SET cancel_requested = 1
+ WHERE job = :job AND state IN ('ready', 'pending', 'running')
+
+-- name: run_get
+SELECT * FROM sluice_runs WHERE id = :id
+
+-- name: run_list
+SELECT * FROM sluice_runs WHERE (CAST(:job AS text) IS NULL OR job = :job) ORDER BY id DESC LIMIT :limit
+
+-- name: run_ready
+SELECT id, job, scheduled_at, trigger FROM sluice_runs WHERE state = 'ready' ORDER BY id
+ LIMIT :limit {skip_locked}
+
+-- name: run_start
+UPDATE sluice_runs SET state = 'pending', open_tasks = :open_tasks, started_at = {now}
+ WHERE id = :id AND state = 'ready'
+
+-- name: run_open_tasks
+UPDATE sluice_runs SET open_tasks = open_tasks + :n WHERE id = :id
+
+-- name: run_task_ended
+UPDATE sluice_runs SET open_tasks = open_tasks - 1,
+       state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
+       dead_tasks = dead_tasks + :dead,
+       error = COALESCE(:error, error)
+ WHERE id = :id
+RETURNING open_tasks, job, cancel_requested, dead_tasks, error
+
+-- name: run_mark_running
+UPDATE sluice_runs SET state = 'running' WHERE id = :id AND state = 'pending'
+
+-- name: run_finish
+UPDATE sluice_runs SET state = :state, finished_at = {now} WHERE id = :id
+
+-- name: run_promote_queued
+UPDATE sluice_runs SET state = 'ready'
+ WHERE id = (SELECT min(id) FROM sluice_runs WHERE job = :job AND state = 'queued')
+
+-- name: run_count
+UPDATE sluice_runs SET shards = shards + :shards, loaded = loaded + :loaded,
+       executed = executed + :executed, failed = failed + :failed, parked = parked + :parked,
+       reexecuted = reexecuted + :reexecuted, stale = stale + :stale
+ WHERE id = :id
+
+-- name: task_insert
+INSERT INTO sluice_tasks (run_id, job, kind, state, target_node, grp, zone, parent_id, payload,
+                          max_attempts, available_at, created_at, owner, token, lease_until,
+                          attempt)
+VALUES (:run_id, :job, :kind, :state, :target_node, :grp, :zone, :parent_id, :payload,
+        :max_attempts, {now} + :delay, {now}, :owner,
+        CASE WHEN CAST(:owner AS text) IS NULL THEN 0 ELSE {next_token} END,
+        CASE WHEN CAST(:owner AS text) IS NULL THEN NULL ELSE {now} + :lease_ttl END,
+        CASE WHEN CAST(:owner AS text) IS NULL THEN 0 ELSE 1 END)
+RETURNING id, token
+
+-- name: task_claim
+UPDATE sluice_tasks
+   SET state = 'running', owner = :node, token = {next_token}, attempt = attempt + 1,
+       lease_until = {now} + :lease_ttl
+ WHERE id IN (
+    SELECT id FROM sluice_tasks
+     WHERE state = 'pending' AND available_at <= {now}
+       AND (target_node IS NULL OR target_node = :node)
+       AND (grp IS NULL OR grp IN (SELECT value FROM json_each(:groups)))
+       AND (zone IS NULL OR :zone IS NULL OR zone = :zone)
+     ORDER BY available_at, id LIMIT :limit)
+RETURNING id, run_id, job, kind, parent_id, grp, payload, progress, attempt, max_attempts, token,
+          (SELECT scheduled_at FROM sluice_runs r WHERE r.id = run_id) AS scheduled_at
+
+-- name: task_claim@postgresql
+UPDATE sluice_tasks
+   SET state = 'running', owner = :node, token = {next_token}, attempt = attempt + 1,
+       lease_until = {now} + :lease_ttl
+ WHERE id IN (
+    SELECT id FROM sluice_tasks
+     WHERE state = 'pending' AND available_at <= {now}
+       AND (target_node IS NULL OR target_node = :node)
+       AND (grp IS NULL OR grp = ANY(:groups))
+       AND (zone IS NULL OR CAST(:zone AS text) IS NULL OR zone = :zone)
+     ORDER BY available_at, id LIMIT :limit {skip_locked})
+RETURNING id, run_id, job, kind, parent_id, grp, payload, progress, attempt, max_attempts, token,
+          (SELECT scheduled_at FROM sluice_runs r WHERE r.id = run_id) AS scheduled_at
+
+-- name: task_renew
+UPDATE sluice_tasks SET lease_until = {now} + :lease_ttl
+ WHERE owner = :node AND state = 'running'
+RETURNING id, token, (SELECT cancel_requested FROM sluice_runs r WHERE r.id = run_id) AS cancel
+
+-- name: task_get
+SELECT * FROM sluice_tasks WHERE id = :id
+
+-- name: task_fenced
+SELECT id, run_id, job, kind, parent_id, attempt, max_attempts FROM sluice_tasks
+ WHERE id = :id AND token = :token AND state = 'running' FOR UPDATE
+
+-- name: task_fenced@sqlite
+SELECT id, run_id, job, kind, parent_id, attempt, max_attempts FROM sluice_tasks
+ WHERE id = :id AND token = :token AND state = 'running'
+
+-- name: task_set_state
+UPDATE sluice_tasks SET state = :state, owner = NULL, lease_until = NULL, error = :error,
+       finished_at = CASE WHEN CAST(:state AS text) IN ('done', 'dead', 'skipped') THEN {now} END,
+       available_at = {now} + :delay
+ WHERE id = :id
+
+-- name: task_release
+UPDATE sluice_tasks SET state = 'pending', owner = NULL, lease_until = NULL,
+       attempt = attempt - 1, available_at = {now}
+ WHERE id = :id AND token = :token AND state = 'running'
+
+-- name: task_checkpoint
+UPDATE sluice_tasks SET progress = :progress
+ WHERE id = :id AND token = :token AND state = 'running'
+
+-- name: task_wait_children
+UPDATE sluice_tasks SET state = 'waiting', owner = NULL, lease_until = NULL,
+       waiting_on = waiting_on + :n, progress = :progress
+ WHERE id = :id
+
+-- name: task_add_children
+UPDATE sluice_tasks SET waiting_on = waiting_on + :n WHERE id = :id
+
+-- name: task_child_done
+UPDATE sluice_tasks SET waiting_on = waiting_on - 1,
+       state = CASE WHEN waiting_on - 1 = 0 AND state = 'waiting' THEN 'pending' ELSE state END,
+       available_at = {now}, attempt = 0
+ WHERE id = :id
+
+-- name: task_expired
+SELECT id, run_id, job, kind, parent_id, attempt, max_attempts, owner, token FROM sluice_tasks
+ WHERE state = 'running' AND lease_until < {now} ORDER BY id LIMIT :limit {skip_locked}
+
+-- name: task_orphaned
+SELECT id, run_id, kind FROM sluice_tasks t
+ WHERE state = 'pending' AND target_node IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM sluice_nodes n
+                    WHERE n.id = t.target_node AND n.heartbeat_at >= {now} - :ttl)
+ LIMIT :limit {skip_locked}
+
+-- name: task_untarget
+UPDATE sluice_tasks SET target_node = NULL WHERE id = :id AND state = 'pending'
+
+-- name: task_by_run
+SELECT id, kind, state, target_node, grp, payload, progress, attempt, owner, error
+  FROM sluice_tasks WHERE run_id = :run_id ORDER BY id
+
+-- name: task_running_by_node
+SELECT owner, count(*) AS n FROM sluice_tasks WHERE state = 'running' GROUP BY owner
+
+-- name: lock_acquire
+INSERT INTO sluice_locks (name, owner, token, lease_until, acquired_at)
+VALUES (:name, :owner, {next_token}, {now} + :ttl, {now})
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, token = excluded.token,
+    lease_until = excluded.lease_until, acquired_at = excluded.acquired_at
+WHERE sluice_locks.owner IS NULL OR sluice_locks.lease_until < excluded.acquired_at
+RETURNING token, lease_until
+
+-- name: lock_renew
+UPDATE sluice_locks SET lease_until = {now} + :ttl
+ WHERE name = :name AND token = :token AND owner IS NOT NULL AND lease_until >= {now}
+RETURNING lease_until
+
+-- name: lock_release
+UPDATE sluice_locks SET owner = NULL, lease_until = {now}
+ WHERE name = :name AND token = :token AND owner IS NOT NULL
+
+-- name: lock_check
+SELECT token FROM sluice_locks
+ WHERE name = :name AND token = :token AND owner IS NOT NULL AND lease_until >= {now}
+
+-- name: dead_insert
+INSERT INTO sluice_dead (job, run_id, shard, record, error, attempts, created_at)
+VALUES (:job, :run_id, :shard, :record, :error, :attempts, {now})
+
+-- name: dead_list
+SELECT id, job, run_id, shard, record, error, attempts, created_at FROM sluice_dead
+ WHERE job = :job AND retried_at IS NULL ORDER BY id LIMIT :limit
+
+-- name: dead_take
+UPDATE sluice_dead SET retried_at = {now}
+ WHERE job = :job AND retried_at IS NULL AND (:all = 1 OR id IN (SELECT value FROM json_each(:ids)))
+RETURNING id, shard, record
+
+-- name: dead_take@postgresql
+UPDATE sluice_dead SET retried_at = {now}
+ WHERE job = :job AND retried_at IS NULL AND (:all = 1 OR id = ANY(:ids))
+RETURNING id, shard, record
+
+-- name: notify
+SELECT pg_notify('sluice', :channel)
+
+-- name: notify@sqlite
+SELECT :channel

@@ -1,0 +1,482 @@
+"""The store: every read and write sluice makes to its coordination database.
+
+One class for both databases; the drivers differ only in connections and in the few statement
+variants in ``sql/queries.sql``. Methods are named entity then verb. Each public method is one
+short transaction. Every write that ends or extends a claim is fenced: it names the task's
+fencing token, and a token that is no longer current changes nothing and is reported as stale.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+from urllib.parse import urlparse
+
+from sluice.errors import ConfigError, SchemaError
+from sluice.store.drivers import Driver, PostgresDriver, Row, SQLiteDriver, Tx
+from sluice.store.rows import ClaimedTask, Counts, Firing, Outcome, TaskPlan, dumps
+
+log = logging.getLogger("sluice.store")
+
+ACTIVE_RUN_STATES = ("ready", "queued", "pending", "running")
+
+
+def open_driver(url: str, pool_size: int = 4) -> Driver:
+    scheme = urlparse(url).scheme.split("+")[0]
+    if scheme == "sqlite":
+        path = url.split("://", 1)[1]
+        path = path[1:] if path.startswith("/") else path  # sqlite:///rel.db, sqlite:////abs.db
+        if not path:
+            raise ConfigError("database url: sqlite:/// needs a file name, e.g. sqlite:///sluice.db")
+        return SQLiteDriver(path)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresDriver(url.replace("postgresql+psycopg://", "postgresql://"), pool_size)
+    raise ConfigError(
+        f"database url {url!r}: unsupported scheme {scheme!r}; use sqlite:///FILE or postgresql://…"
+    )
+
+
+def _scripts(dialect: str) -> list[tuple[int, str]]:
+    folder = resources.files("sluice.store").joinpath("sql", dialect)
+    files = sorted(f.name for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [(int(name.split("_", 1)[0]), folder.joinpath(name).read_text()) for name in files]
+
+
+SCHEMA_VERSION = 1
+
+
+class Store:
+    """The narrow port between the runtime and the database."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.db = driver
+        self.dialect = driver.dialect
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True, pool_size: int = 4) -> Store:
+        store = cls(open_driver(url, pool_size))
+        if migrate:
+            store.migrate()
+        return store
+
+    def migrate(self) -> int:
+        scripts = _scripts(self.dialect)
+        version = self.db.migrate(scripts)
+        if version > scripts[-1][0]:
+            raise SchemaError(
+                f"the database schema is version {version}, newer than this sluice knows "
+                f"({scripts[-1][0]}): upgrade sluice on this machine"
+            )
+        return version
+
+    def close(self) -> None:
+        self.db.close()
+
+    def clock(self) -> float:
+        with self.db.transaction() as tx:
+            row = tx.one("clock")
+        assert row is not None
+        return float(row["now"])
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def node_register(self, node: dict[str, Any]) -> None:
+        with self.db.transaction() as tx:
+            tx.run("node_upsert", **node)
+            tx.notify("nodes")
+
+    def node_heartbeat(self, node_id: str, state: str, info: dict[str, Any]) -> float | None:
+        """Refresh a node; the database time, or None if the node was forgotten (re-register)."""
+        with self.db.transaction() as tx:
+            row = tx.one("node_heartbeat", id=node_id, state=state, info=dumps(info))
+        return float(row["now"]) if row else None
+
+    def node_list_live(self, ttl: float) -> list[Row]:
+        with self.db.transaction() as tx:
+            rows = tx.all("node_live", ttl=ttl)
+        for row in rows:
+            row["info"] = json.loads(row["info"])
+        return rows
+
+    def node_deregister(self, node_id: str) -> None:
+        with self.db.transaction() as tx:
+            tx.run("node_delete", id=node_id)
+            tx.notify("nodes")
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def job_register(self, name: str, kind: str, spec: dict[str, Any], next_fire_at: float | None,
+                     finish_delay: float | None) -> bool:
+        """Insert or update a job's declaration; True when it changed (its schedule restarts)."""
+        with self.db.transaction() as tx:
+            changed = tx.run("job_upsert", name=name, kind=kind, spec=dumps(spec),
+                             next_fire_at=next_fire_at, finish_delay=finish_delay) > 0
+            if changed:
+                tx.notify("jobs")
+        return changed
+
+    def job_list(self) -> list[Row]:
+        with self.db.transaction() as tx:
+            return [_job(r) for r in tx.all("job_all")]
+
+    def job_get(self, name: str) -> Row | None:
+        with self.db.transaction() as tx:
+            row = tx.one("job_get", name=name)
+        return _job(row) if row else None
+
+    def job_due(self, limit: int = 100) -> list[Row]:
+        with self.db.transaction() as tx:
+            return tx.all("job_due", limit=limit)
+
+    def job_next_fire(self) -> tuple[float | None, float]:
+        """The earliest next firing of any unpaused job, and the database time now."""
+        with self.db.transaction() as tx:
+            row = tx.one("job_next_fire")
+        assert row is not None
+        return row["next_fire_at"], float(row["now"])
+
+    def job_set_paused(self, name: str, paused: bool) -> bool:
+        with self.db.transaction() as tx:
+            found = tx.run("job_set_paused", name=name, paused=int(paused)) > 0
+            tx.notify("jobs")
+        return found
+
+    def job_set_schedule(self, name: str, overrides: dict[str, Any], next_fire_at: float | None,
+                         finish_delay: float | None) -> None:
+        with self.db.transaction() as tx:
+            tx.run("job_set_schedule", name=name, overrides=dumps(overrides),
+                   next_fire_at=next_fire_at, finish_delay=finish_delay)
+            tx.notify("jobs")
+
+    def job_set_overrides(self, name: str, overrides: dict[str, Any]) -> None:
+        with self.db.transaction() as tx:
+            tx.run("job_set_overrides", name=name, overrides=dumps(overrides))
+            tx.notify("jobs")
+
+    def job_save_state(self, name: str, state: dict[str, Any]) -> None:
+        with self.db.transaction() as tx:
+            tx.run("job_save_state", name=name, state=dumps(state))
+
+    def job_versions(self) -> dict[str, Row]:
+        with self.db.transaction() as tx:
+            return {r["name"]: r for r in tx.all("job_versions")}
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def run_fire(self, job: str, expected: float, new_next: float | None, firings: list[Firing],
+                 overlap: str, plan: Callable[[Firing], list[TaskPlan]]
+                 ) -> list[tuple[int, list[ClaimedTask]]] | None:
+        """Record the firings of one due job and advance its next firing, atomically.
+
+        Returns None when another node fired this instant first (the compare-and-set on the
+        job's next firing failed); otherwise the runs created, with the tasks this node claimed
+        in the same transaction. The unique key on (job, scheduled instant) makes a second
+        firing of one instant impossible even if that check were bypassed.
+        """
+        with self.db.transaction() as tx:
+            if not tx.run("job_advance", name=job, expected=expected, new_next=new_next):
+                return None
+            active = [r["state"] for r in tx.all("run_active", job=job)]
+            created: list[tuple[int, list[ClaimedTask]]] = []
+            for firing in firings:
+                result = self._record_firing(tx, job, firing, overlap, active, plan)
+                if result is not None:
+                    created.append(result)
+            tx.notify("tasks")
+        return created
+
+    def _record_firing(self, tx: Tx, job: str, firing: Firing, overlap: str, active: list[str],
+                       plan: Callable[[Firing], list[TaskPlan]]
+                       ) -> tuple[int, list[ClaimedTask]] | None:
+        if firing.missed:
+            state = "missed"
+        elif not active or overlap == "concurrent":
+            state = "pending"
+        elif overlap == "replace":
+            tx.run("run_cancel_active", job=job)
+            state = "pending"
+        elif overlap == "queue" and "queued" not in active:
+            state = "queued"
+        else:
+            state = "skipped"
+        tasks = plan(firing) if state == "pending" else []
+        row = tx.one("run_insert", job=job, scheduled_at=firing.scheduled_at,
+                     trigger=firing.trigger, state=state, open_tasks=len(tasks), node=None,
+                     stats=dumps(firing.stats))
+        if row is None:
+            log.error("run %s@%s already exists; firing ignored", job, firing.scheduled_at)
+            return None
+        if state in ACTIVE_RUN_STATES:
+            active.append(state)
+        claimed = self._insert_tasks(tx, row["id"], job, tasks)
+        for task in claimed:
+            task.scheduled_at = firing.scheduled_at
+        return row["id"], claimed
+
+    def _insert_tasks(self, tx: Tx, run_id: int, job: str, tasks: list[TaskPlan],
+                      lease_ttl: float = 30.0) -> list[ClaimedTask]:
+        claimed: list[ClaimedTask] = []
+        for t in tasks:
+            row = tx.one("task_insert", run_id=run_id, job=job, kind=t.kind,
+                         state="running" if t.owner else "pending", target_node=t.target_node,
+                         grp=t.grp, zone=t.zone, parent_id=t.parent_id, payload=dumps(t.payload),
+                         max_attempts=t.max_attempts, delay=t.delay, owner=t.owner,
+                         lease_ttl=lease_ttl)
+            assert row is not None
+            if t.owner:
+                claimed.append(ClaimedTask(
+                    id=row["id"], run_id=run_id, job=job, kind=t.kind, token=row["token"],
+                    attempt=1, max_attempts=t.max_attempts, payload=t.payload, progress=[],
+                    parent_id=t.parent_id, grp=t.grp))
+        if claimed:
+            tx.run("run_mark_running", id=run_id)
+        return claimed
+
+    def run_trigger(self, job: str, scheduled_at: float | None = None,
+                    trigger: str = "manual") -> int | None:
+        """Create a run to be planned by the next worker that looks (state ``ready``)."""
+        with self.db.transaction() as tx:
+            when = scheduled_at if scheduled_at is not None else float(tx.one("clock")["now"])  # type: ignore[index]
+            row = tx.one("run_insert", job=job, scheduled_at=when, trigger=trigger,
+                         state="ready", open_tasks=0, node=None, stats="{}")
+            tx.notify("runs")
+        return row["id"] if row else None
+
+    def run_ready(self, limit: int = 10) -> list[Row]:
+        with self.db.transaction() as tx:
+            return tx.all("run_ready", limit=limit)
+
+    def run_start(self, run_id: int, job: str, tasks: list[TaskPlan]) -> bool:
+        """Give a ``ready`` run its tasks; False if another node started it first."""
+        with self.db.transaction() as tx:
+            if not tx.run("run_start", id=run_id, open_tasks=len(tasks)):
+                return False
+            self._insert_tasks(tx, run_id, job, tasks)
+            if not tasks:
+                self._finish_run(tx, run_id, job, cancel=False, dead=0, error=None)
+            tx.notify("tasks")
+        return True
+
+    def run_list(self, job: str | None = None, limit: int = 20) -> list[Row]:
+        with self.db.transaction() as tx:
+            rows = tx.all("run_list", job=job, limit=limit)
+        for row in rows:
+            row["stats"] = json.loads(row["stats"])
+        return rows
+
+    def run_get(self, run_id: int) -> Row | None:
+        with self.db.transaction() as tx:
+            row = tx.one("run_get", id=run_id)
+        if row:
+            row["stats"] = json.loads(row["stats"])
+        return row
+
+    def run_tasks(self, run_id: int) -> list[Row]:
+        with self.db.transaction() as tx:
+            return tx.all("task_by_run", run_id=run_id)
+
+    def _finish_run(self, tx: Tx, run_id: int, job: str, cancel: bool, dead: int,
+                    error: str | None) -> str:
+        if dead:
+            state = "lost" if (error or "").startswith("lost") else "failed"
+        else:
+            state = "cancelled" if cancel else "succeeded"
+        tx.run("run_finish", id=run_id, state=state)
+        tx.run("job_after_run", name=job)
+        tx.run("run_promote_queued", job=job)
+        tx.notify("runs")
+        return state
+
+    def _end_task(self, tx: Tx, task: Row, state: str, error: str | None) -> str | None:
+        """Close a task (done, dead or skipped); close its run when it was the last one open."""
+        dead = state == "dead"
+        tx.run("task_set_state", id=task["id"], state=state, error=error, delay=0.0)
+        if task.get("parent_id"):
+            tx.run("task_child_done", id=task["parent_id"])
+        run = tx.one("run_task_ended", id=task["run_id"], dead=int(dead),
+                     error=error if dead else None)
+        if run is None or run["open_tasks"] > 0:
+            return None
+        return self._finish_run(tx, task["run_id"], run["job"], bool(run["cancel_requested"]),
+                                run["dead_tasks"], run["error"])
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def task_claim(self, node: str, limit: int, groups: list[str], zone: str | None,
+                   lease_ttl: float) -> list[ClaimedTask]:
+        """Claim up to ``limit`` due tasks this node may run; each gets a new fencing token."""
+        if limit <= 0:
+            return []
+        with self.db.transaction() as tx:
+            rows = tx.all("task_claim", node=node, limit=limit, zone=zone, lease_ttl=lease_ttl,
+                          groups=groups if self.dialect == "postgresql" else dumps(groups))
+            for run_id in {r["run_id"] for r in rows}:
+                tx.run("run_mark_running", id=run_id)
+        return [ClaimedTask.from_row(r) for r in rows]
+
+    def task_renew(self, node: str, lease_ttl: float) -> dict[int, tuple[int, bool]]:
+        """Extend every lease this node holds: {task id: (token, run cancel requested)}."""
+        with self.db.transaction() as tx:
+            rows = tx.all("task_renew", node=node, lease_ttl=lease_ttl)
+        return {r["id"]: (r["token"], bool(r["cancel"])) for r in rows}
+
+    def task_complete(self, task_id: int, token: int, counts: Counts | None = None,
+                      job_state: dict[str, Any] | None = None) -> Outcome:
+        with self.db.transaction() as tx:
+            task = tx.one("task_fenced", id=task_id, token=token)
+            if task is None:
+                return self._stale(tx, task_id)
+            if counts is not None and counts.any():
+                tx.run("run_count", id=task["run_id"], **vars(counts))
+            if job_state is not None:
+                tx.run("job_save_state", name=task["job"], state=dumps(job_state))
+            finished = self._end_task(tx, task, "done", None)
+        return Outcome(run_finished=finished)
+
+    def task_fail(self, task_id: int, token: int, error: str, retry_delay: float,
+                  counts: Counts | None = None) -> Outcome:
+        """Record a failed attempt: retried after ``retry_delay`` while attempts remain."""
+        with self.db.transaction() as tx:
+            task = tx.one("task_fenced", id=task_id, token=token)
+            if task is None:
+                return self._stale(tx, task_id)
+            if counts is not None and counts.any():
+                tx.run("run_count", id=task["run_id"], **vars(counts))
+            if task["attempt"] < task["max_attempts"]:
+                tx.run("task_set_state", id=task_id, state="pending", error=error,
+                       delay=retry_delay)
+                tx.notify("tasks")
+                return Outcome(retried=True)
+            finished = self._end_task(tx, task, "dead", error)
+        return Outcome(dead=True, run_finished=finished)
+
+    def _stale(self, tx: Tx, task_id: int) -> Outcome:
+        row = tx.one("task_get", id=task_id)
+        if row is not None:
+            tx.run("run_count", id=row["run_id"], **vars(Counts(stale=1)))
+        return Outcome(stale=True)
+
+    def task_release(self, task_id: int, token: int) -> bool:
+        """Hand a claimed task back unfinished (a draining node); the attempt is not counted."""
+        with self.db.transaction() as tx:
+            released = tx.run("task_release", id=task_id, token=token) > 0
+            tx.notify("tasks")
+        return released
+
+    def task_checkpoint(self, items: list[tuple[int, int, list[int]]],
+                        counts: dict[int, Counts]) -> set[int]:
+        """Save the progress of running tasks in one transaction; returns the stale task ids."""
+        stale: set[int] = set()
+        with self.db.transaction() as tx:
+            for task_id, token, progress in items:
+                if not tx.run("task_checkpoint", id=task_id, token=token, progress=dumps(progress)):
+                    stale.add(task_id)
+            for run_id, c in counts.items():
+                if c.any():
+                    tx.run("run_count", id=run_id, **vars(c))
+        return stale
+
+    def task_spawn(self, task_id: int, token: int, children: list[TaskPlan],
+                   counts: Counts | None = None, wait: bool = True,
+                   progress: list[int] | None = None) -> Outcome:
+        """Create child tasks of a running task (fenced). With ``wait``, the parent sleeps in
+        state ``waiting`` until its last child ends, then becomes pending again."""
+        with self.db.transaction() as tx:
+            task = tx.one("task_fenced", id=task_id, token=token)
+            if task is None:
+                return self._stale(tx, task_id)
+            self._insert_tasks(tx, task["run_id"], task["job"], children)
+            tx.run("run_open_tasks", id=task["run_id"], n=len(children))
+            if counts is not None and counts.any():
+                tx.run("run_count", id=task["run_id"], **vars(counts))
+            parented = sum(1 for c in children if c.parent_id == task_id)
+            if wait:
+                tx.run("task_wait_children", id=task_id, n=parented, progress=dumps(progress or []))
+            elif parented:
+                tx.run("task_add_children", id=task_id, n=parented)
+            tx.notify("tasks")
+        return Outcome()
+
+    def task_reap(self, node_ttl: float, limit: int = 200) -> list[Row]:
+        """Recover work from dead nodes: expired leases go back to pending (or dead once out of
+        attempts); pending tasks aimed at a dead node are re-aimed or skipped. Returns the tasks
+        that died, for alerts."""
+        died: list[Row] = []
+        with self.db.transaction() as tx:
+            for task in tx.all("task_expired", limit=limit):
+                error = f"lost: lease expired on node {task['owner']} (attempt {task['attempt']})"
+                if task["kind"] == "exec" or task["attempt"] < task["max_attempts"]:
+                    tx.run("task_set_state", id=task["id"], state="pending", error=error,
+                           delay=0.0)
+                else:
+                    self._end_task(tx, task, "dead", error)
+                    died.append({**task, "error": error})
+            for task in tx.all("task_orphaned", ttl=node_ttl, limit=limit):
+                if task["kind"] == "broadcast":
+                    self._end_task(tx, task, "skipped", "target node left before it ran")
+                else:
+                    tx.run("task_untarget", id=task["id"])
+            tx.run("node_delete_stale", horizon=max(60.0, node_ttl * 10))
+            tx.notify("tasks")
+        return died
+
+    def task_running_by_node(self) -> dict[str, int]:
+        with self.db.transaction() as tx:
+            return {r["owner"]: r["n"] for r in tx.all("task_running_by_node")}
+
+    # -- locks ---------------------------------------------------------------------------
+
+    def lock_acquire(self, name: str, owner: str, ttl: float) -> tuple[int, float] | None:
+        with self.db.transaction() as tx:
+            row = tx.one("lock_acquire", name=name, owner=owner, ttl=ttl)
+        return (row["token"], row["lease_until"]) if row else None
+
+    def lock_renew(self, name: str, token: int, ttl: float) -> float | None:
+        with self.db.transaction() as tx:
+            row = tx.one("lock_renew", name=name, token=token, ttl=ttl)
+        return row["lease_until"] if row else None
+
+    def lock_release(self, name: str, token: int) -> bool:
+        with self.db.transaction() as tx:
+            return tx.run("lock_release", name=name, token=token) > 0
+
+    def lock_check(self, name: str, token: int) -> bool:
+        with self.db.transaction() as tx:
+            return tx.one("lock_check", name=name, token=token) is not None
+
+    # -- parked (dead) records -----------------------------------------------------------
+
+    def dead_park(self, job: str, run_id: int, shard: str | None,
+                  records: list[tuple[Any, str, int]]) -> None:
+        with self.db.transaction() as tx:
+            for record, error, attempts in records:
+                tx.run("dead_insert", job=job, run_id=run_id, shard=shard, record=dumps(record),
+                       error=error, attempts=attempts)
+
+    def dead_list(self, job: str, limit: int = 100) -> list[Row]:
+        with self.db.transaction() as tx:
+            rows = tx.all("dead_list", job=job, limit=limit)
+        for row in rows:
+            row["record"] = json.loads(row["record"])
+        return rows
+
+    def dead_take(self, job: str, ids: list[int] | None) -> list[Row]:
+        """Mark parked records as retried and return them (all of the job's when ids is None)."""
+        with self.db.transaction() as tx:
+            id_param: Any = ids or []
+            if self.dialect == "sqlite":
+                id_param = dumps(id_param)
+            rows = tx.all("dead_take", job=job, all=int(ids is None), ids=id_param)
+        for row in rows:
+            row["record"] = json.loads(row["record"])
+        return rows
+
+
+def _job(row: Row) -> Row:
+    for key in ("spec", "overrides", "state"):
+        row[key] = json.loads(row[key])
+    row["paused"] = bool(row["paused"])
+    return row
