@@ -1,0 +1,186 @@
+"""The contract both stores must meet: the same calls, the same answers, on SQLite and
+PostgreSQL. Races use real threads, each with its own connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sluice.errors import SchemaError
+from sluice.store import Firing, Store, TaskPlan
+from sluice.store.drivers import SQLiteDriver
+
+
+@pytest.fixture
+def store(store_url):
+    s = Store.open(store_url)
+    yield s
+    s.close()
+
+
+def _job(store: Store, name: str = "j", next_fire: float | None = None) -> float:
+    now = store.clock()
+    store.job_register(name, "job", {"v": 1}, next_fire if next_fire is not None else now - 1,
+                       None)
+    return now
+
+
+def test_migration_is_idempotent_and_refuses_a_newer_schema(store, store_url):
+    assert store.migrate() == 1
+    assert Store.open(store_url).migrate() == 1
+    with store.db.transaction() as tx:
+        tx._cur.execute("UPDATE sluice_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(SchemaError, match="newer"):
+        Store.open(store_url)
+
+
+def test_job_register_keeps_schedule_unless_declaration_changes(store):
+    _job(store, next_fire=100.0)
+    assert not store.job_register("j", "job", {"v": 1}, 999.0, None)
+    assert store.job_get("j")["next_fire_at"] == 100.0
+    assert store.job_register("j", "job", {"v": 2}, 999.0, None)
+    assert store.job_get("j")["next_fire_at"] == 999.0
+
+
+def test_racing_nodes_fire_one_instant_once(store, store_url):
+    _job(store, next_fire=1000.0)
+    results: list = []
+    barrier = threading.Barrier(6)
+
+    def node(i: int) -> None:
+        s = Store.open(store_url)
+        barrier.wait()
+        results.append(s.run_fire("j", 1000.0, 1001.0, [Firing(scheduled_at=1000.0)], "skip",
+                                  lambda f: [TaskPlan(kind="job", owner=f"n{i}")]))
+        s.close()
+
+    threads = [threading.Thread(target=node, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1 and len(store.run_list("j")) == 1
+
+
+def test_unique_instant_even_without_the_compare_and_set(store):
+    _job(store, next_fire=5.0)
+    store.run_fire("j", 5.0, 6.0, [Firing(scheduled_at=5.0)], "concurrent", lambda f: [])
+    _job(store, next_fire=5.0)  # unchanged spec: no reset
+    with store.db.transaction() as tx:
+        tx.run("job_advance", name="j", expected=6.0, new_next=5.0)
+    store.run_fire("j", 5.0, 6.0, [Firing(scheduled_at=5.0)], "concurrent", lambda f: [])
+    assert len(store.run_list("j")) == 1
+
+
+def test_claims_are_exclusive_and_fenced(store, store_url):
+    _job(store)
+    tasks = [TaskPlan(kind="job", max_attempts=3) for _ in range(40)]
+    store.run_fire("j", store.job_get("j")["next_fire_at"], None,
+                   [Firing(scheduled_at=1.0)], "skip", lambda f: tasks)
+    claimed: list = []
+    lock = threading.Lock()
+
+    def node(i: int) -> None:
+        s = Store.open(store_url)
+        while batch := s.task_claim(f"n{i}", 3, [], None, 30):
+            with lock:
+                claimed.extend(batch)
+        s.close()
+
+    threads = [threading.Thread(target=node, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(t.id for t in claimed) == sorted({t.id for t in claimed})
+    assert len(claimed) == 40
+    tokens = [t.token for t in claimed]
+    t0 = claimed[0]
+    assert store.task_fail(t0.id, t0.token, "boom", 0).retried
+    again = store.task_claim("other", 1, [], None, 30)[0]
+    assert again.id == t0.id and again.token > max(tokens)
+    assert store.task_complete(t0.id, t0.token).stale  # the old owner's completion
+    assert not store.task_complete(again.id, again.token).stale
+    run = store.run_list("j")[0]
+    assert run["stale"] == 1
+
+
+def test_expired_lease_is_reaped_then_dead_after_last_attempt(store):
+    _job(store)
+    store.run_fire("j", store.job_get("j")["next_fire_at"], None, [Firing(scheduled_at=1.0)],
+                   "skip", lambda f: [TaskPlan(kind="job", max_attempts=2)])
+    t1 = store.task_claim("a", 1, [], None, 0.05)[0]
+    time.sleep(0.1)  # let the 50 ms lease lapse (database time)
+    assert store.task_reap(node_ttl=60) == []
+    t2 = store.task_claim("b", 1, [], None, 0.05)[0]
+    assert t2.id == t1.id and t2.attempt == 2
+    time.sleep(0.1)
+    died = store.task_reap(node_ttl=60)
+    assert [d["id"] for d in died] == [t1.id]
+    run = store.run_list("j")[0]
+    assert run["state"] == "lost" and "lease expired on node b" in run["error"]
+
+
+def test_renewal_keeps_a_lease_alive(store):
+    _job(store)
+    store.run_fire("j", store.job_get("j")["next_fire_at"], None, [Firing(scheduled_at=1.0)],
+                   "skip", lambda f: [TaskPlan(kind="job")])
+    t = store.task_claim("a", 1, [], None, 0.3)[0]
+    for _ in range(4):
+        time.sleep(0.1)
+        assert store.task_renew("a", 0.3) == {t.id: (t.token, False)}
+        store.task_reap(node_ttl=60)
+    assert not store.task_complete(t.id, t.token).stale
+
+
+def test_overlap_policies_at_the_store(store):
+    for policy, expected in (("skip", ["pending", "skipped", "skipped"]),
+                             ("queue", ["pending", "queued", "skipped"]),
+                             ("concurrent", ["pending", "pending", "pending"]),
+                             ("replace", ["pending", "pending", "pending"])):
+        name = f"j_{policy}"
+        _job(store, name, next_fire=1.0)
+        store.run_fire(name, 1.0, 4.0, [Firing(scheduled_at=float(i)) for i in (1, 2, 3)],
+                       policy, lambda f: [TaskPlan(kind="job")])
+        runs = sorted(store.run_list(name), key=lambda r: r["id"])
+        assert [r["state"] for r in runs] == expected, policy
+        if policy == "replace":
+            assert [r["cancel_requested"] for r in runs] == [1, 1, 0]
+
+
+def test_queued_run_is_promoted_when_the_active_one_ends(store):
+    _job(store, next_fire=1.0)
+    store.run_fire("j", 1.0, 3.0, [Firing(scheduled_at=1.0), Firing(scheduled_at=2.0)],
+                   "queue", lambda f: [TaskPlan(kind="job")])
+    t = store.task_claim("a", 5, [], None, 30)
+    assert len(t) == 1
+    store.task_complete(t[0].id, t[0].token)
+    ready = store.run_ready()
+    assert [r["scheduled_at"] for r in ready] == [2.0]
+    assert store.run_start(ready[0]["id"], "j", [TaskPlan(kind="job")])
+    assert not store.run_start(ready[0]["id"], "j", [TaskPlan(kind="job")])
+
+
+def test_lock_tokens_increase_and_stale_holders_are_rejected(store):
+    a = store.lock_acquire("L", "a", 0.05)
+    assert a is not None and store.lock_acquire("L", "b", 10) is None
+    time.sleep(0.1)
+    b = store.lock_acquire("L", "b", 10)
+    assert b is not None and b[0] > a[0]
+    assert not store.lock_check("L", a[0]) and store.lock_check("L", b[0])
+    assert store.lock_renew("L", a[0], 10) is None
+    assert not store.lock_release("L", a[0])
+    assert store.lock_release("L", b[0])
+    c = store.lock_acquire("L", "c", 10)
+    assert c is not None and c[0] > b[0]
+
+
+def test_sqlite_uses_wal_and_busy_timeout(sqlite_url):
+    store = Store.open(sqlite_url)
+    assert isinstance(store.db, SQLiteDriver)
+    conn = store.db._conn()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
