@@ -38,4 +38,5 @@ def dispatch(sinks: list[AlertSink], alert: Alert) -> None:
         try:
             sink(alert)
         except Exception:
-            log.exception("alert sink %r failed for %s alert on %s", sink, alert.kind, alert.subject)
+            log.exception("alert sink %r failed for %s alert on %s", sink, alert.kind,
+                          alert.subject)

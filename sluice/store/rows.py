@@ -47,7 +47,7 @@ class ClaimedTask:
     attempt: int
     max_attempts: int
     payload: dict[str, Any]
-    progress: list[int]
+    progress: Any
     parent_id: int | None = None
     grp: str | None = None
     scheduled_at: float = 0.0
@@ -58,7 +58,7 @@ class ClaimedTask:
         return cls(
             id=row["id"], run_id=row["run_id"], job=row["job"], kind=row["kind"],
             token=row["token"], attempt=row["attempt"], max_attempts=row["max_attempts"],
-            payload=json.loads(row["payload"]), progress=json.loads(row.get("progress") or "[]"),
+            payload=json.loads(row["payload"]), progress=json.loads(row.get("progress") or "null"),
             parent_id=row.get("parent_id"), grp=row.get("grp"),
             scheduled_at=row.get("scheduled_at") or 0.0,
         )

@@ -337,7 +337,7 @@ class Store:
         return Outcome(run_finished=finished)
 
     def task_fail(self, task_id: int, token: int, error: str, retry_delay: float,
-                  counts: Counts | None = None) -> Outcome:
+                  counts: Counts | None = None, final: bool = False) -> Outcome:
         """Record a failed attempt: retried after ``retry_delay`` while attempts remain."""
         with self.db.transaction() as tx:
             task = tx.one("task_fenced", id=task_id, token=token)
@@ -345,7 +345,7 @@ class Store:
                 return self._stale(tx, task_id)
             if counts is not None and counts.any():
                 tx.run("run_count", id=task["run_id"], **vars(counts))
-            if task["attempt"] < task["max_attempts"]:
+            if task["attempt"] < task["max_attempts"] and not final:
                 tx.run("task_set_state", id=task_id, state="pending", error=error,
                        delay=retry_delay)
                 tx.notify("tasks")
@@ -366,24 +366,32 @@ class Store:
             tx.notify("tasks")
         return released
 
-    def task_checkpoint(self, items: list[tuple[int, int, list[int]]],
-                        counts: dict[int, Counts]) -> set[int]:
-        """Save the progress of running tasks in one transaction; returns the stale task ids."""
+    def task_checkpoint(self, items: list[tuple[int, int, Any, int, Counts]]) -> set[int]:
+        """Save the progress of running tasks in one transaction, each with the counts it adds
+        to its run: ``(task id, token, progress, run id, counts)``. Counts of a task whose token
+        is stale are not applied (its records will be executed by the new owner); the stale
+        task ids are returned."""
         stale: set[int] = set()
+        totals: dict[int, dict[str, int]] = {}
         with self.db.transaction() as tx:
-            for task_id, token, progress in items:
+            for task_id, token, progress, run_id, counts in items:
                 if not tx.run("task_checkpoint", id=task_id, token=token, progress=dumps(progress)):
                     stale.add(task_id)
-            for run_id, c in counts.items():
-                if c.any():
-                    tx.run("run_count", id=run_id, **vars(c))
+                    counts = Counts(stale=1)
+                total = totals.setdefault(run_id, dict.fromkeys(vars(Counts()), 0))
+                for key, value in vars(counts).items():
+                    total[key] += value
+            for run_id, total in totals.items():
+                if any(total.values()):
+                    tx.run("run_count", id=run_id, **total)
         return stale
 
     def task_spawn(self, task_id: int, token: int, children: list[TaskPlan],
-                   counts: Counts | None = None, wait: bool = True,
-                   progress: list[int] | None = None) -> Outcome:
+                   counts: Counts | None = None, wait: bool = True, complete: bool = False,
+                   progress: Any = None) -> Outcome:
         """Create child tasks of a running task (fenced). With ``wait``, the parent sleeps in
-        state ``waiting`` until its last child ends, then becomes pending again."""
+        state ``waiting`` until its last child ends, then becomes pending again; with
+        ``complete`` it ends now (done), in the same transaction."""
         with self.db.transaction() as tx:
             task = tx.one("task_fenced", id=task_id, token=token)
             if task is None:
@@ -393,12 +401,49 @@ class Store:
             if counts is not None and counts.any():
                 tx.run("run_count", id=task["run_id"], **vars(counts))
             parented = sum(1 for c in children if c.parent_id == task_id)
-            if wait:
-                tx.run("task_wait_children", id=task_id, n=parented, progress=dumps(progress or []))
+            finished = None
+            if complete:
+                finished = self._end_task(tx, task, "done", None)
+            elif wait:
+                tx.run("task_wait_children", id=task_id, n=parented, progress=dumps(progress))
             elif parented:
                 tx.run("task_add_children", id=task_id, n=parented)
             tx.notify("tasks")
-        return Outcome()
+        return Outcome(run_finished=finished)
+
+    def task_finish_chunk(self, task_id: int, token: int, counts: Counts,
+                          retry: TaskPlan | None, parked: list[tuple[Any, str, int]],
+                          shard: str | None) -> Outcome:
+        """End an execute chunk (fenced): count it, queue its failed records for another
+        attempt (a sibling chunk under the same loader), park those out of attempts."""
+        with self.db.transaction() as tx:
+            task = tx.one("task_fenced", id=task_id, token=token)
+            if task is None:
+                return self._stale(tx, task_id)
+            if counts.any():
+                tx.run("run_count", id=task["run_id"], **vars(counts))
+            if retry is not None:
+                self._insert_tasks(tx, task["run_id"], task["job"], [retry])
+                tx.run("run_open_tasks", id=task["run_id"], n=1)
+                if retry.parent_id:
+                    tx.run("task_add_children", id=retry.parent_id, n=1)
+            for record, error, attempts in parked:
+                tx.run("dead_insert", job=task["job"], run_id=task["run_id"], shard=shard,
+                       record=dumps(record), error=error, attempts=attempts)
+            finished = self._end_task(tx, task, "done", None)
+            tx.notify("tasks")
+        return Outcome(run_finished=finished)
+
+    def run_create(self, job: str, trigger: str, tasks: list[TaskPlan]) -> int:
+        """A run that starts with the given tasks (e.g. parked records sent back)."""
+        with self.db.transaction() as tx:
+            now = float(tx.one("clock")["now"])  # type: ignore[index]
+            row = tx.one("run_insert", job=job, scheduled_at=now, trigger=trigger,
+                         state="pending", open_tasks=len(tasks), node=None, stats="{}")
+            assert row is not None
+            self._insert_tasks(tx, row["id"], job, tasks)
+            tx.notify("tasks")
+        return int(row["id"])
 
     def task_reap(self, node_ttl: float, limit: int = 200) -> list[Row]:
         """Recover work from dead nodes: expired leases go back to pending (or dead once out of
@@ -455,6 +500,11 @@ class Store:
             for record, error, attempts in records:
                 tx.run("dead_insert", job=job, run_id=run_id, shard=shard, record=dumps(record),
                        error=error, attempts=attempts)
+
+    def dead_of_run(self, run_id: int, shard: str) -> set[str]:
+        """Canonical JSON of the records of ``shard`` parked during ``run_id``."""
+        with self.db.transaction() as tx:
+            return {r["record"] for r in tx.all("dead_of_run", run_id=run_id, shard=shard)}
 
     def dead_list(self, job: str, limit: int = 100) -> list[Row]:
         with self.db.transaction() as tx:

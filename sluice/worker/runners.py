@@ -82,7 +82,7 @@ def run_job(w: Worker, r: Running) -> None:
             return  # handed back by the drain
         if r.timed_out or r.lost:
             return
-    except BaseException as exc:  # noqa: BLE001 - any handler error is an attempt's failure
+    except BaseException as exc:
         if r.timed_out or r.lost:
             return
         log.debug("handler of %r raised", job.name, exc_info=True)

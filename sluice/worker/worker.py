@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import sluice.pipeline.runtime  # noqa: F401  (registers the pipeline runners)
 from sluice.alerts import Alert
 from sluice.config import Settings
 from sluice.context import Context, NodeInfo, utc
@@ -65,6 +66,7 @@ class Worker:
         self.offset = 0.0  # database clock minus this machine's clock
         self._next_fire: float | None = None  # database time of the earliest next firing
         self._jobs_dirty = True
+        self.plugins: dict[str, Any] = {}  # per-node helpers (the record acker, rate gates)
 
     # -- the core loop -------------------------------------------------------------------
 
@@ -246,6 +248,8 @@ class Worker:
             except StoreError as exc:
                 log.warning("could not hand back task %s: %s", r.task.id, exc)
         self.heartbeat.stop()
+        if "acker" in self.plugins:
+            self.plugins["acker"].stop()
         try:
             self.store.node_deregister(self.node.id)
         except StoreError as exc:

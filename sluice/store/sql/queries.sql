@@ -288,3 +288,6 @@ SELECT pg_notify('sluice', :channel)
 
 -- name: notify@sqlite
 SELECT :channel
+
+-- name: dead_of_run
+SELECT record FROM sluice_dead WHERE run_id = :run_id AND shard = :shard

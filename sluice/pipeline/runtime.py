@@ -1,0 +1,279 @@
+"""Running the three pipeline layers as tasks.
+
+split (one per run) → one ``load`` task per shard → ``exec`` chunks of loaded records. A load
+task waits while its chunks run and then loads again, until its shard returns no records; so a
+shard has at most one batch in flight and records are never loaded twice while being worked.
+The run ends when its last task does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from sluice.alerts import Alert
+from sluice.errors import Cancelled, PipelineError
+from sluice.pipeline.acker import Acker
+from sluice.pipeline.pipeline import Pipeline, Shard
+from sluice.store import Counts, Store, TaskPlan
+from sluice.store.rows import dumps
+from sluice.worker.handlers import call
+from sluice.worker.runners import record_failure, runner, with_store
+
+if TYPE_CHECKING:
+    from sluice.worker.worker import Running, Worker
+
+log = logging.getLogger("sluice.pipeline")
+LAYER_ATTEMPTS = 3  # split and load calls that raise are retried this often before the run fails
+_acker_lock = threading.Lock()
+
+
+def acker(w: Worker) -> Acker:
+    with _acker_lock:
+        if "acker" not in w.plugins:
+            w.plugins["acker"] = Acker(w)
+        return w.plugins["acker"]  # type: ignore[no-any-return]
+
+
+def _layer_error(w: Worker, r: Running, pipe: Pipeline, layer: str, exc: BaseException,
+                 contract: bool) -> None:
+    """A layer failed: a broken contract fails the run at once; an exception is retried."""
+    error = f"pipeline {pipe.name!r}, {layer}: {exc}" if contract else \
+        f"pipeline {pipe.name!r}, {layer} raised {type(exc).__name__}: {exc}"
+    if contract:
+        out = with_store(w, "record layer error",
+                         lambda: w.store.task_fail(r.task.id, r.task.token, error, 0, final=True))
+        if out is not None and out.dead:
+            w.app.alert(Alert(kind="run_failed", subject=pipe.name, message=error,
+                              details={"run_id": r.task.run_id, "layer": layer}))
+        return
+    record_failure(w, r, error, pipe.record_backoff.delay(r.task.attempt))
+
+
+@runner("split")
+def run_split(w: Worker, r: Running) -> None:
+    pipe = w.app.pipelines[r.task.job]
+    try:
+        pipe.check_ready()
+        assert pipe.split_fn is not None
+        result = call(pipe.split_fn, r.ctx, (), w.loops, None)
+        shards = _shards(result)
+    except PipelineError as exc:
+        return _layer_error(w, r, pipe, "split", exc, contract=True)
+    except Exception as exc:
+        return _layer_error(w, r, pipe, "split", exc, contract=False)
+    qps = w.overrides.get(pipe.name, {}).get("qps", pipe.spec.qps)
+    limit = pipe.load_limit(len(shards), qps)
+    loads = [TaskPlan(kind="load", grp=pipe.group_of(s.key), zone=s.zone,
+                      payload={"shard": s.key, "limit": limit, "zone": s.zone},
+                      max_attempts=LAYER_ATTEMPTS)
+             for s in shards]
+    with_store(w, "create load tasks", lambda: w.store.task_spawn(
+        r.task.id, r.task.token, loads, Counts(shards=len(shards)), wait=False, complete=True))
+    log.info("%s run %s: split into %d shard(s), %d record(s) per load", pipe.name,
+             r.task.run_id, len(shards), limit)
+
+
+def _shards(result: Any) -> list[Shard]:
+    if isinstance(result, str | bytes | dict) or not isinstance(result, Iterable):
+        raise PipelineError(f"split must return an iterable of shard keys, got "
+                            f"{type(result).__name__}; return e.g. a list of strings")
+    shards = [s if isinstance(s, Shard) else Shard(s) for s in result]
+    for s in shards:
+        if not isinstance(s.key, str | int) or isinstance(s.key, bool):
+            raise PipelineError(f"split returned shard key {s.key!r}; keys must be str or int")
+    keys = [str(s.key) for s in shards]
+    if len(set(keys)) != len(keys):
+        raise PipelineError("split returned the same shard key twice; keys must be unique")
+    return shards
+
+
+@runner("load")
+def run_load(w: Worker, r: Running) -> None:
+    pipe = w.app.pipelines[r.task.job]
+    shard, limit = r.task.payload["shard"], r.task.payload["limit"]
+    try:
+        assert pipe.load_fn is not None
+        records = _records(call(pipe.load_fn, r.ctx, (shard, limit), w.loops, None), limit)
+    except PipelineError as exc:
+        return _layer_error(w, r, pipe, f"load of shard {shard!r}", exc, contract=True)
+    except Exception as exc:
+        return _layer_error(w, r, pipe, f"load of shard {shard!r}", exc, contract=False)
+    records = _without_parked(w, r, shard, records)
+    if not records:
+        out = with_store(w, "end load", lambda: w.store.task_complete(r.task.id, r.task.token))
+        if out is not None and out.run_finished:
+            _run_summary(w, r.task.run_id, pipe.name, out.run_finished)
+        return
+    grp, zone = r.task.grp, r.task.payload.get("zone")
+    size = pipe.chunk_size
+    chunks = [TaskPlan(kind="exec", grp=grp, zone=zone, parent_id=r.task.id,
+                       payload={"shard": shard, "records": records[i:i + size],
+                                "attempts": [0] * len(records[i:i + size])},
+                       max_attempts=1_000_000)
+              for i in range(0, len(records), size)]
+    with_store(w, "dispatch loaded records", lambda: w.store.task_spawn(
+        r.task.id, r.task.token, chunks, Counts(loaded=len(records)), wait=True))
+
+
+def _without_parked(w: Worker, r: Running, shard: Any, records: list[Any]) -> list[Any]:
+    """Drop records parked earlier in this run: a loader that still returns them (they are
+    still pending in its table) would otherwise load them forever. Such a shard ends when only
+    parked records are left."""
+    if not records:
+        return records
+    parked = w.store.dead_of_run(r.task.run_id, str(shard))
+    if not parked:
+        return records
+    return [rec for rec in records if dumps(rec) not in parked]
+
+
+def _records(result: Any, limit: int) -> list[Any]:
+    if result is None:
+        return []
+    if isinstance(result, str | bytes | dict) or not isinstance(result, Iterable):
+        raise PipelineError(f"load must return a list of records, got {type(result).__name__}")
+    records = list(result)
+    if len(records) > limit:
+        raise PipelineError(f"load returned {len(records)} records for limit {limit}; return "
+                            "at most `limit` (slice your query with LIMIT)")
+    try:
+        dumps(records)
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(f"load returned a record that is not JSON-serialisable ({exc}); "
+                            "return dicts of str/int/float/bool/None/lists") from None
+    return records
+
+
+@runner("exec")
+def run_exec(w: Worker, r: Running) -> None:
+    pipe = w.app.pipelines[r.task.job]
+    payload = r.task.payload
+    records, attempts = payload["records"], payload["attempts"]
+    progress = r.task.progress or {}
+    done = set(progress.get("done", []))
+    todo = [i for i in range(len(records)) if i not in done]
+    reclaimed = min(len(todo), progress.get("window", len(todo))) if r.task.attempt > 1 else 0
+    r.extra["done"] = done
+    failures = _execute_all(w, r, pipe, records, attempts, todo)
+    acker(w).drain(r)
+    if r.lost:
+        return
+    _finish_chunk(w, r, pipe, failures, reclaimed)
+
+
+def _execute_all(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
+                 attempts: list[int], todo: list[int]) -> dict[int, str]:
+    ack = acker(w)
+    gate = w.plugins.get("rate_gate")
+    failures: dict[int, str] = {}
+    ctx = r.ctx
+    if pipe.execute_batch_fn is not None:
+        return _execute_batch(w, r, pipe, records, todo)
+    assert pipe.execute_fn is not None
+    for i in todo:
+        if r.lost:
+            break
+        ack.begin()
+        if gate is not None:
+            gate(pipe.name)
+        ctx.attempt = attempts[i] + 1
+        try:
+            call(pipe.execute_fn, ctx, (records[i],), w.loops, pipe.spec.timeout)
+        except Cancelled:
+            ack.release()
+            failures[i] = "Cancelled"
+        except Exception as exc:
+            ack.release()
+            failures[i] = f"{type(exc).__name__}: {exc}"
+        else:
+            ack.ack(r, i, records[i])
+    return failures
+
+
+def _execute_batch(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
+                   todo: list[int]) -> dict[int, str]:
+    ack = acker(w)
+    batch = [records[i] for i in todo]
+    failures: dict[int, str] = {}
+    try:
+        assert pipe.execute_batch_fn is not None
+        outcomes = call(pipe.execute_batch_fn, r.ctx, (batch,), w.loops, pipe.spec.timeout)
+        outcomes = list(outcomes) if outcomes is not None else [None] * len(batch)
+        if len(outcomes) != len(batch):
+            raise PipelineError(f"execute_batch returned {len(outcomes)} outcomes for "
+                                f"{len(batch)} records; return one per record")
+    except Exception as exc:
+        outcomes = [exc] * len(batch)
+    for i, outcome in zip(todo, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            failures[i] = f"{type(outcome).__name__}: {outcome}"
+        else:
+            ack.begin()
+            ack.ack(r, i, records[i])
+    return failures
+
+
+def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str],
+                  reclaimed: int) -> None:
+    payload = r.task.payload
+    records, attempts = payload["records"], payload["attempts"]
+    retry_records, retry_attempts, parked = [], [], []
+    for i, error in failures.items():
+        if attempts[i] + 1 >= pipe.max_attempts:
+            parked.append((records[i], error, attempts[i] + 1))
+        else:
+            retry_records.append(records[i])
+            retry_attempts.append(attempts[i] + 1)
+    retry = None
+    if retry_records:
+        delay = pipe.record_backoff.delay(min(retry_attempts))
+        retry = TaskPlan(kind="exec", grp=r.task.grp, zone=payload.get("zone"),
+                         parent_id=r.task.parent_id, delay=delay, max_attempts=1_000_000,
+                         payload={**payload, "records": retry_records,
+                                  "attempts": retry_attempts})
+    counts = Counts(failed=len(failures), parked=len(parked), reexecuted=reclaimed)
+    out = with_store(w, "finish chunk", lambda: w.store.task_finish_chunk(
+        r.task.id, r.task.token, counts, retry, parked, str(payload.get("shard"))))
+    if out is None or out.stale:
+        return
+    if parked:
+        w.app.alert(Alert(kind="record_parked", subject=pipe.name,
+                          message=f"{len(parked)} record(s) parked after {pipe.max_attempts} "
+                                  f"attempts: {parked[0][1]}",
+                          details={"run_id": r.task.run_id, "count": len(parked),
+                                   "shard": payload.get("shard")}))
+    if failures or r.task.attempt > 1:
+        log.info("%s run %s shard %s: chunk of %d done, %d failed, %d parked, %d re-run after "
+                 "reclaim", pipe.name, r.task.run_id, payload.get("shard"), len(records),
+                 len(failures), len(parked), reclaimed)
+    if out.run_finished:
+        _run_summary(w, r.task.run_id, pipe.name, out.run_finished)
+
+
+def _run_summary(w: Worker, run_id: int, name: str, state: str) -> None:
+    run = w.store.run_get(run_id)
+    if run is None:
+        return
+    took = (run["finished_at"] or 0) - (run["started_at"] or 0)
+    log.info("%s run %s %s in %.1fs: %d shard(s), %d loaded, %d executed, %d failed, %d parked, "
+             "%d re-run after reclaim, %d stale completions rejected", name, run_id, state, took,
+             run["shards"], run["loaded"], run["executed"], run["failed"], run["parked"],
+             run["reexecuted"], run["stale"])
+
+
+def retry_dead(store: Store, job: str, ids: list[int] | None) -> tuple[int | None, int]:
+    """Send parked records back for execution in a new run (``sluice dead retry``)."""
+    rows = store.dead_take(job, ids)
+    if not rows:
+        return None, 0
+    by_shard: dict[str, list[Any]] = {}
+    for row in rows:
+        by_shard.setdefault(row["shard"], []).append(row["record"])
+    tasks = [TaskPlan(kind="exec", max_attempts=1_000_000,
+                      payload={"shard": shard, "records": recs, "attempts": [0] * len(recs)})
+             for shard, recs in by_shard.items()]
+    return store.run_create(job, "retry", tasks), len(rows)
+
