@@ -16,6 +16,8 @@ from sluice.errors import (
     StoreError,
     UnknownJobError,
 )
+from sluice.pipeline.pipeline import Pipeline, Shard
+from sluice.pipeline.tablesource import TableSource, mark_pending
 
 __all__ = [
     "Alert",
@@ -27,10 +29,14 @@ __all__ = [
     "LeaseLost",
     "LockNotAcquired",
     "PayloadError",
+    "Pipeline",
     "PipelineError",
     "Retry",
+    "Shard",
     "SluiceError",
     "StoreError",
+    "TableSource",
     "UnknownJobError",
+    "mark_pending",
 ]
 __version__ = "0.1.0"

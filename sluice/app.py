@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
@@ -13,9 +14,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sluice.alerts import Alert, AlertSink, dispatch
 from sluice.config import Settings
 from sluice.errors import ConfigError, UnknownJobError
-from sluice.job import JobSpec, declare
+from sluice.job import JobSpec, check_options, declare
 from sluice.locks import Lease, acquire
-from sluice.schedule.triggers import build
+from sluice.schedule.triggers import FixedRate, Schedule, build, from_spec
 from sluice.store import Store
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("sluice")
 
 SETTABLE = ("cron", "fixed_rate", "fixed_delay", "timezone", "qps")
+JOB_OPTIONS = [p for p in inspect.signature(declare).parameters if p not in ("name", "func",
+                                                                               "kind", "options")]
 
 
 class App:
@@ -61,7 +64,9 @@ class App:
         def register(fn: F) -> F:
             if not callable(fn):
                 raise ConfigError(f"@app.job must decorate a function, got {fn!r}")
-            self._add(declare(name or fn.__name__, fn, **options))
+            job_name = name or fn.__name__
+            check_options(f"job {job_name!r}", options, JOB_OPTIONS)
+            self._add(declare(job_name, fn, **options))
             return fn
 
         return register(func) if func is not None else register
@@ -152,7 +157,7 @@ class App:
 
     def resume(self, name: str) -> None:
         self._known(name)
-        self.store.job_set_paused(name, False)
+        resume_job(self.store, name)
 
     def set(self, name: str, **changes: Any) -> dict[str, Any]:
         """Change a job's schedule or rate at run time (``sluice set``); every node picks it up
@@ -164,6 +169,32 @@ class App:
         from sluice.worker.process import run_foreground
 
         run_foreground(self, self.settings.with_(**settings))
+
+
+SCHEDULE_KEYS = ("cron", "fixed_rate", "fixed_delay", "timezone", "initial_delay")
+
+
+def stored_schedule(row: dict[str, Any]) -> Schedule | None:
+    """A stored job's schedule, with ``sluice set`` changes applied."""
+    overrides = {k: v for k, v in row["overrides"].items() if k in SCHEDULE_KEYS}
+    if any(k in overrides for k in ("cron", "fixed_rate", "fixed_delay")):
+        return from_spec(f"job {row['name']!r}", overrides)
+    return from_spec(f"job {row['name']!r}", row["spec"].get("schedule") or {})
+
+
+def resume_job(store: Store, name: str) -> None:
+    """Resume from now: the instants that passed while paused are not fired."""
+    row = store.job_get(name)
+    if row is None:
+        raise UnknownJobError(f"unknown job {name!r}")
+    schedule, now, nxt = stored_schedule(row), store.clock(), row["next_fire_at"]
+    if schedule is not None and nxt is not None and nxt < now:
+        if isinstance(schedule, FixedRate):  # keep the phase: the first instant from now on
+            steps = -(-(now - nxt) // schedule.every)
+            nxt = nxt + steps * schedule.every
+        else:
+            nxt = schedule.next_after(now) if schedule.finish_delay is None else now
+    store.job_set_paused(name, False, nxt)
 
 
 def set_job(store: Store, name: str, changes: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,11 @@ class Settings:
         return cls(**values).checked()
 
     def checked(self) -> Settings:
+        scheme = self.database_url.split("://", 1)[0].split("+")[0] if "://" in \
+            self.database_url else ""
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ConfigError(f"database url {self.database_url!r}: unsupported scheme "
+                              f"{scheme or '(none)'!r}; use sqlite:///FILE or postgresql://…")
         for name in ("heartbeat", "node_ttl", "lease_ttl", "drain_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

@@ -37,6 +37,7 @@ class Context:
     node: NodeInfo
     fencing_token: int
     shards: list[str] = field(default_factory=list)
+    task_id: int = 0  # the unit of work (task) this call belongs to; stable across its retries
     state: dict[str, Any] = field(default_factory=dict)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sluice.job"),

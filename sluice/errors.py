@@ -54,7 +54,7 @@ class PublishError(SluiceError):
     """A broker did not acknowledge a message."""
 
 
-class Retry(SluiceError):  # noqa: N818 - control flow, named like Dramatiq's
+class Retry(SluiceError):
     """Raise from a handler to ask for another attempt, optionally after ``delay`` seconds."""
 
     def __init__(self, message: str = "", delay: float | None = None) -> None:
@@ -62,5 +62,5 @@ class Retry(SluiceError):  # noqa: N818 - control flow, named like Dramatiq's
         self.delay = delay
 
 
-class Cancelled(SluiceError):  # noqa: N818 - control flow
+class Cancelled(SluiceError):
     """Raised inside a handler whose run was cancelled (``overlap="replace"``, shutdown)."""

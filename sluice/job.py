@@ -94,6 +94,15 @@ class JobSpec:
         return self.func is not None and inspect.iscoroutinefunction(self.func)
 
 
+def check_options(where: str, given: dict[str, Any], allowed: list[str]) -> None:
+    """Reject misspelt keyword options with a hint (a typo fails at import)."""
+    for key in given:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            did = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"{where}: unknown option {key!r}{did}")
+
+
 def declare(name: str, func: Callable[..., Any] | None, *, kind: str = "job",
             cron: str | None = None, fixed_rate: Any = None, fixed_delay: Any = None,
             initial_delay: Any = None, timezone: str | None = None, routing: str = "single",

@@ -131,7 +131,8 @@ def test_renewal_keeps_a_lease_alive(store):
     t = store.task_claim("a", 1, [], None, 0.3)[0]
     for _ in range(4):
         time.sleep(0.1)
-        assert store.task_renew("a", 0.3) == {t.id: (t.token, False)}
+        assert store.task_renew("a", [(t.id, t.token)], 0.3) == {t.id: (t.token, False)}
+        assert store.task_renew("a", [(t.id, t.token - 1)], 0.3) == {}
         store.task_reap(node_ttl=60)
     assert not store.task_complete(t.id, t.token).stale
 

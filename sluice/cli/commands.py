@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sluice.app import set_job
+from sluice.app import resume_job, set_job, stored_schedule
 from sluice.config import DEFAULT_DATABASE_URL, Settings
 from sluice.errors import ConfigError, UnknownJobError
 from sluice.store import Store
@@ -86,9 +86,10 @@ def worker(args: argparse.Namespace, argv: list[str], load_app: Callable[[str], 
         database_url=args.database_url, group=args.group, zone=args.zone,
         concurrency=args.concurrency, heartbeat=args.heartbeat, node_ttl=args.node_ttl,
         lease_ttl=args.lease_ttl, drain_timeout=args.drain_timeout)
-    from sluice.worker.process import run_foreground
+    from sluice.worker.process import exit_now, run_foreground
 
     run_foreground(app, settings)
+    exit_now(0)
     return 0
 
 
@@ -108,11 +109,8 @@ def _without(argv: list[str], flag: str) -> list[str]:
 def jobs(args: argparse.Namespace, store: Store) -> int:
     rows = []
     for j in store.job_list():
-        sched = j["spec"].get("schedule") or {}
-        sched = {**sched, **{k: v for k, v in j["overrides"].items() if k != "qps"}}
-        desc = (f"cron {sched['cron']!r}" if "cron" in sched else
-                f"every {sched['fixed_rate']}s" if "fixed_rate" in sched else
-                f"delay {sched['fixed_delay']}s" if "fixed_delay" in sched else "manual")
+        schedule = stored_schedule(j)
+        desc = schedule.describe() if schedule is not None else "manual"
         rows.append({"name": j["name"], "kind": j["kind"], "schedule": desc,
                      "routing": j["spec"].get("routing"), "paused": j["paused"],
                      "next_fire": when(j["next_fire_at"]),
@@ -184,7 +182,7 @@ def pause(args: argparse.Namespace, store: Store) -> int:
 
 def resume(args: argparse.Namespace, store: Store) -> int:
     _known(store, args.job)
-    store.job_set_paused(args.job, False)
+    resume_job(store, args.job)
     print(f"{args.job} resumed")
     return 0
 

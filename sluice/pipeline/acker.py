@@ -1,10 +1,10 @@
 """Group commit of executed records: one store write acknowledges many records.
 
-A record holds one of the node's ``concurrency`` record slots from the moment it starts until
-its completion is durably written. So when a node is killed, the records that ran but were not
-yet acknowledged, plus those running, number at most ``concurrency``: only those run again
-elsewhere. While one write is in flight the next batch gathers, so a busy node writes large
-batches and an idle one writes at once.
+A chunk's thread starts its next record only once the previous one's completion is durably
+written. So each of a node's ``concurrency`` threads has at most one record that ran (or is
+running) without being acknowledged: a killed node's work re-runs at most ``concurrency``
+records elsewhere. While one write is in flight the next batch gathers from all threads, so a
+busy node writes large batches and an idle one writes at once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ log = logging.getLogger("sluice.pipeline")
 class Acker:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
-        self.slots = threading.Semaphore(worker.settings.concurrency)
         self._cond = threading.Condition()
         self._pending: list[tuple[Running, int, Any]] = []
         self._inflight: dict[int, int] = defaultdict(int)  # task id -> unacknowledged records
@@ -34,19 +33,11 @@ class Acker:
         self._thread = threading.Thread(target=self._loop, name="sluice-acker", daemon=True)
         self._thread.start()
 
-    def begin(self) -> None:
-        """Take a record slot (blocks while ``concurrency`` records are unacknowledged)."""
-        self.slots.acquire()
-
     def ack(self, running: Running, index: int, record: Any) -> None:
         with self._cond:
             self._pending.append((running, index, record))
             self._inflight[running.task.id] += 1
             self._cond.notify_all()
-
-    def release(self) -> None:
-        """Give back a slot without an acknowledgement (the record failed)."""
-        self.slots.release()
 
     def drain(self, running: Running) -> None:
         """Wait until every acknowledgement of this task is written."""
@@ -73,12 +64,26 @@ class Acker:
             except Exception:
                 log.exception("acknowledging %d record(s) failed", len(batch))
             finally:
-                for _ in batch:
-                    self.slots.release()
                 with self._cond:
                     for running, _, _ in batch:
                         self._inflight[running.task.id] -= 1
                     self._cond.notify_all()
+
+    def _complete_in_sources(self, by_task: dict[int, Running],
+                             records: dict[int, list[Any]]) -> None:
+        """Mark the records done where their source keeps state (TableSource), one call per
+        source, before acknowledging them to the store."""
+        per_source: dict[int, tuple[Any, list[int]]] = {}
+        for task_id, r in by_task.items():
+            source = self.w.app.pipelines[r.task.job].source
+            if source is not None and hasattr(source, "complete_many"):
+                per_source.setdefault(id(source), (source, []))[1].append(task_id)
+        for source, task_ids in per_source.values():
+            rejected = source.complete_many([
+                (by_task[t].task.payload.get("shard"), records[t], by_task[t].task.token)
+                for t in task_ids])
+            for t, n in zip(task_ids, rejected, strict=True):
+                by_task[t].extra["stale"] = by_task[t].extra.get("stale", 0) + n
 
     def _write(self, batch: list[tuple[Running, int, Any]]) -> None:
         by_task: dict[int, Running] = {}
@@ -87,16 +92,9 @@ class Acker:
             running.extra.setdefault("done", set()).add(index)
             by_task[running.task.id] = running
             records[running.task.id].append(record)
-        pipe_source = {r.task.id: self.w.app.pipelines[r.task.job].source for r in by_task.values()}
-        for task_id, running in by_task.items():
-            source = pipe_source[task_id]
-            if source is not None and hasattr(source, "complete"):
-                rejected = source.complete(running.task.payload.get("shard"), records[task_id],
-                                           running.task.token)
-                running.extra["stale"] = running.extra.get("stale", 0) + rejected
-        window = self.w.settings.concurrency
+        self._complete_in_sources(by_task, records)
         items = [
-            (r.task.id, r.task.token, {"done": sorted(r.extra["done"]), "window": window},
+            (r.task.id, r.task.token, {"done": sorted(r.extra["done"])},
              r.task.run_id, Counts(executed=len(records[task_id]),
                                    stale=r.extra.pop("stale", 0)))
             for task_id, r in by_task.items()

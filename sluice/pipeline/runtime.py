@@ -155,8 +155,17 @@ def run_exec(w: Worker, r: Running) -> None:
     progress = r.task.progress or {}
     done = set(progress.get("done", []))
     todo = [i for i in range(len(records)) if i not in done]
-    reclaimed = min(len(todo), progress.get("window", len(todo))) if r.task.attempt > 1 else 0
+    # A chunk taken over from a lost node: its thread had at most one record running or
+    # unacknowledged, which now runs again (an upper bound: it may not have started).
+    reclaimed = 1 if r.task.attempt > 1 and todo else 0
     r.extra["done"] = done
+    source = pipe.source
+    if source is not None and hasattr(source, "fence") and todo:
+        try:
+            source.fence(payload.get("shard"), [records[i] for i in todo], r.task.token,
+                         w.node.id)
+        except PipelineError as exc:
+            return _layer_error(w, r, pipe, "execute (fencing rows)", exc, contract=True)
     failures = _execute_all(w, r, pipe, records, attempts, todo)
     acker(w).drain(r)
     if r.lost:
@@ -176,20 +185,18 @@ def _execute_all(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
     for i in todo:
         if r.lost:
             break
-        ack.begin()
         if gate is not None:
             gate(pipe.name)
         ctx.attempt = attempts[i] + 1
         try:
             call(pipe.execute_fn, ctx, (records[i],), w.loops, pipe.spec.timeout)
         except Cancelled:
-            ack.release()
             failures[i] = "Cancelled"
-        except Exception as exc:
-            ack.release()
+        except Exception as exc:  # a record's failure is its own attempt, never the worker's
             failures[i] = f"{type(exc).__name__}: {exc}"
         else:
             ack.ack(r, i, records[i])
+            ack.drain(r)  # durable before the next record starts: bounds re-runs on a kill
     return failures
 
 
@@ -211,7 +218,6 @@ def _execute_batch(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
         if isinstance(outcome, BaseException):
             failures[i] = f"{type(outcome).__name__}: {outcome}"
         else:
-            ack.begin()
             ack.ack(r, i, records[i])
     return failures
 
@@ -234,6 +240,8 @@ def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str
                          parent_id=r.task.parent_id, delay=delay, max_attempts=1_000_000,
                          payload={**payload, "records": retry_records,
                                   "attempts": retry_attempts})
+    if parked and pipe.source is not None and hasattr(pipe.source, "park"):
+        pipe.source.park(payload.get("shard"), [p[0] for p in parked], r.task.token)
     counts = Counts(failed=len(failures), parked=len(parked), reexecuted=reclaimed)
     out = with_store(w, "finish chunk", lambda: w.store.task_finish_chunk(
         r.task.id, r.task.token, counts, retry, parked, str(payload.get("shard"))))

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sluice.errors import StoreError
 from sluice.store.queries import render
@@ -87,12 +87,19 @@ class SQLiteDriver(Driver):
         self.path = path
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        # One writer per process at a time: SQLite's busy handler polls with growing sleeps,
+        # so dozens of threads waiting on the file lock starve each other (and the heartbeat).
+        # Queued on a lock, they go in turn and only processes contend for the file.
+        self._write_lock = threading.Lock()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self.busy_timeout)
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                       timeout=self.busy_timeout)
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite {self.path}: cannot open: {exc}") from exc
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -103,6 +110,10 @@ class SQLiteDriver(Driver):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
+        with self._write_lock:
+            yield from self._transaction()
+
+    def _transaction(self) -> Iterator[Tx]:
         conn = self._conn()
         cur = conn.cursor()
         try:
@@ -113,6 +124,9 @@ class SQLiteDriver(Driver):
             raise StoreError(f"SQLite {self.path}: cannot start a transaction: {exc}") from exc
         try:
             yield Tx(self, cur)
+        except sqlite3.OperationalError as exc:
+            conn.rollback()
+            raise StoreError(f"SQLite {self.path}: {exc}") from exc
         except BaseException:
             conn.rollback()
             raise
@@ -183,18 +197,24 @@ class PostgresDriver(Driver):
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 yield Tx(self, cur)
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreError(f"PostgreSQL unavailable: {exc}".strip()) from exc
 
     def migrate(self, scripts: list[tuple[int, str]]) -> int:
+        try:
+            return self._migrate(scripts)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StoreError(f"PostgreSQL unavailable: {exc}".strip()) from exc
+
+    def _migrate(self, scripts: list[tuple[int, str]]) -> int:
         with self._pool.connection() as conn, conn.transaction():
             # Serialises concurrent first use by several workers; released at commit.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('sluice_migrate'))")
-            row = conn.execute("SELECT to_regclass('sluice_meta') AS t").fetchone()
+            row: Any = conn.execute("SELECT to_regclass('sluice_meta') AS t").fetchone()
             version = 0
             if row and row["t"]:
                 got = conn.execute("SELECT value FROM sluice_meta WHERE key = 'schema_version'")
-                found = got.fetchone()
+                found: Any = got.fetchone()
                 version = int(found["value"]) if found else 0
             for number, sql in scripts:
                 if number > version:

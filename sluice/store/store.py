@@ -138,9 +138,14 @@ class Store:
         assert row is not None
         return row["next_fire_at"], float(row["now"])
 
-    def job_set_paused(self, name: str, paused: bool) -> bool:
+    def job_set_paused(self, name: str, paused: bool,
+                       next_fire_at: float | None = None) -> bool:
+        """Pause or resume; a resumed job restarts from ``next_fire_at`` (instants that passed
+        while paused are not fired)."""
         with self.db.transaction() as tx:
             found = tx.run("job_set_paused", name=name, paused=int(paused)) > 0
+            if not paused and next_fire_at is not None:
+                tx.run("job_advance_any", name=name, new_next=next_fire_at)
             tx.notify("jobs")
         return found
 
@@ -209,8 +214,8 @@ class Store:
         if row is None:
             log.error("run %s@%s already exists; firing ignored", job, firing.scheduled_at)
             return None
-        if state in ACTIVE_RUN_STATES:
-            active.append(state)
+        if state in ACTIVE_RUN_STATES and firing.trigger != "catch_up":
+            active.append(state)  # catch-up firings are deliberate: they don't block each other
         claimed = self._insert_tasks(tx, row["id"], job, tasks)
         for task in claimed:
             task.scheduled_at = firing.scheduled_at
@@ -317,10 +322,19 @@ class Store:
                 tx.run("run_mark_running", id=run_id)
         return [ClaimedTask.from_row(r) for r in rows]
 
-    def task_renew(self, node: str, lease_ttl: float) -> dict[int, tuple[int, bool]]:
-        """Extend every lease this node holds: {task id: (token, run cancel requested)}."""
+    def task_renew(self, node: str, held: list[tuple[int, int]],
+                   lease_ttl: float) -> dict[int, tuple[int, bool]]:
+        """Extend the leases this node still works on, named by (task id, token): a claim it
+        abandoned is not renewed, so it lapses and is retried. Returns the ones still held:
+        {task id: (token, run cancel requested)}."""
+        if not held:
+            return {}
         with self.db.transaction() as tx:
-            rows = tx.all("task_renew", node=node, lease_ttl=lease_ttl)
+            if self.dialect == "postgresql":
+                rows = tx.all("task_renew", node=node, lease_ttl=lease_ttl,
+                              ids=[h[0] for h in held], tokens=[h[1] for h in held])
+            else:
+                rows = tx.all("task_renew", node=node, lease_ttl=lease_ttl, held=dumps(held))
         return {r["id"]: (r["token"], bool(r["cancel"])) for r in rows}
 
     def task_complete(self, task_id: int, token: int, counts: Counts | None = None,
@@ -359,10 +373,11 @@ class Store:
             tx.run("run_count", id=row["run_id"], **vars(Counts(stale=1)))
         return Outcome(stale=True)
 
-    def task_release(self, task_id: int, token: int) -> bool:
-        """Hand a claimed task back unfinished (a draining node); the attempt is not counted."""
+    def task_release(self, task_id: int, token: int, delay: float = 0.0) -> bool:
+        """Hand a claimed task back unfinished, to run again after ``delay`` seconds (a draining
+        node, or ``sluice.Retry``); the attempt is not counted."""
         with self.db.transaction() as tx:
-            released = tx.run("task_release", id=task_id, token=token) > 0
+            released = tx.run("task_release", id=task_id, token=token, delay=delay) > 0
             tx.notify("tasks")
         return released
 

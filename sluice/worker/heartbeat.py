@@ -64,6 +64,7 @@ class Heartbeat:
         self._renew()
         w.members = w.store.node_list_live(w.settings.node_ttl)
         self._refresh_jobs()
+        w._jobs_dirty = True  # re-read due jobs once a beat: fixed-delay runs end anywhere
         for task in w.store.task_reap(w.settings.node_ttl):
             w.app.alert(Alert(kind="run_failed", subject=task["job"],
                               message=f"run {task['run_id']} {task['error']}",
@@ -77,18 +78,21 @@ class Heartbeat:
 
     def _renew(self) -> None:
         w = self.w
-        leases = w.store.task_renew(w.node.id, w.settings.lease_ttl)
-        with w._lock:
-            running = list(w.running.values())
+        with w._lock:  # snapshot first: every task in it was claimed (committed) before
+            running = [r for r in w.running.values() if not r.lost]
+        held = [(r.task.id, r.task.token) for r in running]
+        leases = w.store.task_renew(w.node.id, held, w.settings.lease_ttl)
+        with w._lock:  # a task that ended meanwhile was not renewed, and need not be
+            running = [r for r in running if (r.task.id, r.task.token) in w.running]
         for r in running:
-            held = leases.get(r.task.id)
-            if held is None or held[0] != r.task.token:
+            lease = leases.get(r.task.id)
+            if lease is None or lease[0] != r.task.token:
                 if not r.lost:
                     log.warning("lease on task %s of %r lost; its result will be rejected",
                                 r.task.id, r.task.job)
                 r.lost = True
                 r.ctx._cancel.set()
-            elif held[1]:
+            elif lease[1]:
                 r.ctx._cancel.set()  # the run was asked to cancel (overlap="replace")
 
     def _refresh_jobs(self) -> None:

@@ -8,6 +8,7 @@ at once. The supervisor forwards signals to its children and restarts a child th
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -43,6 +44,15 @@ def run_foreground(app: App, settings: Settings) -> None:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     worker.run()
+
+
+def exit_now(code: int = 0) -> None:
+    """Leave the process at once after a drain: handler threads that ignored cancellation
+    were handed back already, and the interpreter would otherwise wait for them at exit."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def supervise(argv: list[str], processes: int) -> int:

@@ -75,7 +75,9 @@ def run_job(w: Worker, r: Running) -> None:
     except Retry as exc:
         if not (r.timed_out or r.lost):
             delay = exc.delay if exc.delay is not None else job.backoff.delay(task.attempt)
-            record_failure(w, r, f"Retry: {exc}", delay)
+            with_store(w, f"reschedule task {task.id}",
+                       lambda: w.store.task_release(task.id, task.token, delay))
+            log.info("%s run %s asked to retry in %.1fs: %s", job.name, task.run_id, delay, exc)
         return
     except Cancelled:
         if w.stopping.is_set() and not (r.timed_out or r.lost):
@@ -93,6 +95,8 @@ def run_job(w: Worker, r: Running) -> None:
     new_state = r.ctx.state if r.ctx.state != before else None
     outcome = with_store(w, f"complete task {task.id}",
                          lambda: w.store.task_complete(task.id, task.token, job_state=new_state))
+    if outcome is not None and outcome.run_finished:
+        w._jobs_dirty = True  # a fixed-delay job's next instant was just set
     if outcome is not None and outcome.stale:
         log.warning("%s run %s: completion rejected, the lease was taken over (token %d)",
                     job.name, task.run_id, task.token)

@@ -55,7 +55,7 @@ class Worker:
                              concurrency=settings.concurrency)
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="sluice-task")
         self.loops = LoopThread()
-        self.running: dict[int, Running] = {}
+        self.running: dict[tuple[int, int], Running] = {}  # by (task id, token)
         self._lock = threading.Lock()
         self._free = settings.concurrency
         self.wake = threading.Event()
@@ -165,11 +165,11 @@ class Worker:
             return
         ctx = Context(job=job.name, run_id=task.run_id, scheduled_at=utc(task.scheduled_at),
                       attempt=task.attempt, node=self.node, fencing_token=task.token,
-                      shards=list(task.payload.get("shards", [])))
+                      shards=list(task.payload.get("shards", [])), task_id=task.id)
         deadline = time.monotonic() + job.timeout if job.timeout else None
         running = Running(task=task, ctx=ctx, deadline=deadline)
         with self._lock:
-            self.running[task.id] = running
+            self.running[(task.id, task.token)] = running
         self.pool.submit(self._execute, running)
 
     def _execute(self, running: Running) -> None:
@@ -180,7 +180,7 @@ class Worker:
                           running.task.kind, running.task.job)
         finally:
             with self._lock:
-                self.running.pop(running.task.id, None)
+                self.running.pop((running.task.id, running.task.token), None)
             self._give_slot()
             self.wake.set()
 
@@ -225,9 +225,16 @@ class Worker:
             self.store.job_register(job.name, job.kind, job.stored(), first,
                                     schedule.finish_delay if schedule else None)
         self.heartbeat.start()
+        threading.Thread(target=self.store.db.listen, args=(self._on_notify, self.stopping),
+                         name="sluice-listen", daemon=True).start()
         log.info("node %s started: %d job(s), concurrency %d, group %s, zone %s, store %s",
                  self.node.id, len(self.app.jobs), self.node.concurrency, self.node.group,
                  self.node.zone, self.store.dialect)
+
+    def _on_notify(self, channel: str) -> None:
+        if channel in ("jobs", "runs", "*"):
+            self._jobs_dirty = True
+        self.wake.set()
 
     def _register(self) -> None:
         self.store.node_register(dict(

@@ -55,6 +55,9 @@ SELECT min(next_fire_at) AS next_fire_at, {now} AS now FROM sluice_jobs WHERE pa
 -- name: job_advance
 UPDATE sluice_jobs SET next_fire_at = :new_next WHERE name = :name AND next_fire_at = :expected
 
+-- name: job_advance_any
+UPDATE sluice_jobs SET next_fire_at = :new_next WHERE name = :name AND next_fire_at IS NOT NULL
+
 -- name: job_lock
 SELECT name FROM sluice_jobs WHERE name = :name FOR UPDATE
 
@@ -181,7 +184,15 @@ RETURNING id, run_id, job, kind, parent_id, grp, payload, progress, attempt, max
 -- name: task_renew
 UPDATE sluice_tasks SET lease_until = {now} + :lease_ttl
  WHERE owner = :node AND state = 'running'
+   AND id IN (SELECT json_extract(value, '$[0]') FROM json_each(:held)
+               WHERE json_extract(value, '$[1]') = sluice_tasks.token)
 RETURNING id, token, (SELECT cancel_requested FROM sluice_runs r WHERE r.id = run_id) AS cancel
+
+-- name: task_renew@postgresql
+UPDATE sluice_tasks t SET lease_until = {now} + :lease_ttl
+  FROM (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[])) AS h(id, token)) h
+ WHERE t.owner = :node AND t.state = 'running' AND t.id = h.id AND t.token = h.token
+RETURNING t.id, t.token, (SELECT cancel_requested FROM sluice_runs r WHERE r.id = t.run_id) AS cancel
 
 -- name: task_get
 SELECT * FROM sluice_tasks WHERE id = :id
@@ -202,7 +213,7 @@ UPDATE sluice_tasks SET state = :state, owner = NULL, lease_until = NULL, error 
 
 -- name: task_release
 UPDATE sluice_tasks SET state = 'pending', owner = NULL, lease_until = NULL,
-       attempt = attempt - 1, available_at = {now}
+       attempt = attempt - 1, available_at = {now} + :delay
  WHERE id = :id AND token = :token AND state = 'running'
 
 -- name: task_checkpoint

@@ -1,0 +1,1 @@
+"""Publisher adapters for real brokers; import them from ``sluice.publishers``."""

@@ -1,0 +1,239 @@
+"""``TableSource``: the ready-made loader over SQL tables, one table per shard.
+
+Each row carries its own state: PENDING → PROCESSING → DONE or FAILED, with attempts, a lease
+owner and expiry, a fencing token and a ``version`` (pending counter). Loading claims rows in one
+statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one writer). Before a chunk runs,
+its rows are stamped with the chunk's fencing token; a completion only applies where the token
+is still that one, so a node that lost its claim cannot mark rows done. The lost-update guard:
+``mark_pending`` bumps ``version``; a row whose version changed while it was processed goes back
+to PENDING instead of DONE, so the change is processed again.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, inspect, text
+
+from sluice.errors import ConfigError, PipelineError
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+STATE_COLUMNS = ("status", "attempts", "lease_owner", "lease_until", "lease_token", "version")
+
+
+def _ident(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _IDENT.match(value):
+        raise ConfigError(f"TableSource: {what} {value!r} is not a plain SQL identifier "
+                          "(letters, digits, underscore; not starting with a digit)")
+    return value
+
+
+class TableSource:
+    """Split, load and complete records kept in SQL tables.
+
+    ``engine``: a SQLAlchemy Engine or URL, or a function ``shard -> Engine`` for tables spread
+    over databases. ``table``: a name template such as ``"coupon_{shard}"``. ``shards``: the
+    shard keys (a list, or a function of the context). ``columns``: rename the state columns,
+    e.g. ``columns={"status": "state"}``; ``key`` is the primary key column. ``lease``: seconds
+    a claimed row stays PROCESSING before another run may reclaim it.
+    """
+
+    def __init__(self, engine: Engine | str | Callable[[Any], Engine], table: str, *,
+                 shards: Iterable[Any] | Callable[[Any], Iterable[Any]], key: str = "id",
+                 columns: dict[str, str] | None = None, lease: float = 600.0,
+                 pending: str = "PENDING", processing: str = "PROCESSING", done: str = "DONE",
+                 failed: str = "FAILED") -> None:
+        if "{shard}" not in table:
+            raise ConfigError(f"TableSource: table {table!r} must contain {{shard}}, "
+                              "e.g. 'coupon_{shard}'")
+        _ident(table.replace("{shard}", "x"), "table template")
+        self.table = table
+        self.key = _ident(key, "key column")
+        unknown = set(columns or {}) - set(STATE_COLUMNS)
+        if unknown:
+            raise ConfigError(f"TableSource: unknown state column(s) {sorted(unknown)}; "
+                              f"known: {', '.join(STATE_COLUMNS)}")
+        self.col = {c: _ident((columns or {}).get(c, c), f"column for {c}") for c in STATE_COLUMNS}
+        self.states = {"pending": pending, "processing": processing, "done": done,
+                       "failed": failed}
+        self.lease = lease
+        self._shards = shards
+        self._engine = engine
+        self._engines: dict[str, Engine] = {}
+        self._checked: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- pipeline hooks -------------------------------------------------------------------
+
+    def split(self, ctx: Any) -> list[Any]:
+        shards = self._shards(ctx) if callable(self._shards) else self._shards
+        return list(shards)
+
+    def load(self, ctx: Any, shard: Any, limit: int) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` PENDING rows (or PROCESSING rows whose lease lapsed).
+
+        Claimed rows are owned by the load task until a chunk takes them, so a retry of the
+        same load task (its node died before dispatching them) claims them again instead of
+        leaving them stuck in PROCESSING."""
+        engine, table = self._prepare(shard)
+        c, s = self.col, self.states
+        pg = engine.dialect.name == "postgresql"
+        lock = "FOR UPDATE SKIP LOCKED" if pg else ""
+        sql = (f'UPDATE "{table}" SET "{c["status"]}" = :processing, "{c["attempts"]}" = '
+               f'"{c["attempts"]}" + 1, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = '
+               f':now + :lease, "{c["lease_token"]}" = :token WHERE "{self.key}" IN ('
+               f'SELECT "{self.key}" FROM "{table}" WHERE "{c["status"]}" = :pending OR '
+               f'("{c["status"]}" = :processing AND ("{c["lease_until"]}" < :now OR '
+               f'"{c["lease_owner"]}" = :owner)) '
+               f'ORDER BY "{self.key}" LIMIT :limit {lock}) RETURNING *')
+        with engine.begin() as conn:
+            rows = conn.execute(text(sql), {
+                "processing": s["processing"], "pending": s["pending"],
+                "owner": f"load:{getattr(ctx, 'task_id', 0) or ctx.node.id}",
+                "now": self._now(conn), "lease": self.lease, "token": ctx.fencing_token,
+                "limit": limit}).mappings().all()
+        return sorted((_jsonable(dict(r)) for r in rows), key=lambda r: r[self.key])
+
+    def fence(self, shard: Any, records: list[dict[str, Any]], token: int, owner: str) -> None:
+        """Stamp a chunk's rows with its fencing token before they run (also takes parked rows
+        back from FAILED when they are retried)."""
+        engine, table = self._prepare(shard)
+        c, s = self.col, self.states
+        sql = (f'UPDATE "{table}" SET "{c["lease_token"]}" = :token, "{c["status"]}" = '
+               f':processing, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = :now + :lease '
+               f'WHERE "{self.key}" = :key AND "{c["lease_token"]}" < :token AND '
+               f'"{c["status"]}" IN (:processing, :failed)')
+        with engine.begin() as conn:
+            now = self._now(conn)
+            conn.execute(text(sql), [
+                {"token": token, "processing": s["processing"], "failed": s["failed"],
+                 "owner": owner, "now": now, "lease": self.lease, "key": r[self.key]}
+                for r in records])
+
+    def complete(self, shard: Any, records: list[dict[str, Any]], token: int) -> int:
+        """Mark executed rows DONE (or PENDING again if re-marked meanwhile); returns how many
+        were rejected because their fencing token is no longer ``token``."""
+        return self.complete_many([(shard, records, token)])[0]
+
+    def complete_many(self, items: list[tuple[Any, list[dict[str, Any]], int]]) -> list[int]:
+        """``complete`` for several chunks at once: one transaction per database."""
+        by_engine: dict[int, list[int]] = {}
+        for i, (shard, _, _) in enumerate(items):
+            by_engine.setdefault(id(self._prepare(shard)[0]), []).append(i)
+        rejected = [0] * len(items)
+        for positions in by_engine.values():
+            engine = self._prepare(items[positions[0]][0])[0]
+            with engine.begin() as conn:
+                for i in positions:
+                    shard, records, token = items[i]
+                    rejected[i] = self._complete(conn, self.table_for(shard), records, token)
+        return rejected
+
+    def _complete(self, conn: Any, table: str, records: list[dict[str, Any]], token: int) -> int:
+        if not records:
+            return 0
+        c, s = self.col, self.states
+        sql = (f'UPDATE "{table}" SET "{c["status"]}" = CASE WHEN "{c["version"]}" = :version '
+               f'THEN :done ELSE :pending END, "{c["lease_owner"]}" = NULL, '
+               f'"{c["lease_until"]}" = NULL WHERE "{self.key}" = :key AND '
+               f'"{c["lease_token"]}" = :token AND "{c["status"]}" = :processing')
+        applied = conn.execute(text(sql), [  # one executemany: the drivers sum the rows changed
+            {"version": r.get(c["version"]), "done": s["done"], "pending": s["pending"],
+             "key": r[self.key], "token": token, "processing": s["processing"]}
+            for r in records]).rowcount
+        return len(records) - applied
+
+    def park(self, shard: Any, records: list[dict[str, Any]], token: int) -> None:
+        """Mark rows FAILED: out of attempts (they can be retried with ``sluice dead retry``)."""
+        engine, table = self._prepare(shard)
+        c, s = self.col, self.states
+        sql = (f'UPDATE "{table}" SET "{c["status"]}" = :failed, "{c["lease_owner"]}" = NULL, '
+               f'"{c["lease_until"]}" = NULL WHERE "{self.key}" = :key AND '
+               f'"{c["lease_token"]}" = :token')
+        with engine.begin() as conn:
+            conn.execute(text(sql), [{"failed": s["failed"], "key": r[self.key], "token": token}
+                                     for r in records])
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def engine_for(self, shard: Any) -> Engine:
+        name = str(shard)
+        with self._lock:
+            if name not in self._engines:
+                eng = self._engine
+                if isinstance(eng, str):
+                    eng = create_engine(eng)
+                    self._engine = eng
+                self._engines[name] = eng(shard) if callable(eng) and not isinstance(
+                    eng, Engine) else eng  # type: ignore[assignment]
+            return self._engines[name]
+
+    def table_for(self, shard: Any) -> str:
+        return _ident(self.table.replace("{shard}", str(shard)), "table name")
+
+    def _prepare(self, shard: Any) -> tuple[Engine, str]:
+        engine, table = self.engine_for(shard), self.table_for(shard)
+        if table not in self._checked:
+            self._check(engine, table)
+            self._checked.add(table)
+        return engine, table
+
+    def _check(self, engine: Engine, table: str) -> None:
+        insp = inspect(engine)
+        if not insp.has_table(table):
+            raise PipelineError(f"TableSource: table {table!r} does not exist; create it or fix "
+                                f"the template {self.table!r} / the shard keys")
+        have = {col["name"] for col in insp.get_columns(table)}
+        need = [self.key, *self.col.values()]
+        missing = [col for col in need if col not in have]
+        if missing:
+            raise PipelineError(f"TableSource: table {table!r} lacks column(s) "
+                                f"{', '.join(missing)}; add them (see TableSource.state_ddl) or "
+                                "map yours with columns={...}")
+
+    @staticmethod
+    def _now(conn: Any) -> float:
+        if conn.dialect.name == "postgresql":
+            return float(conn.execute(text("SELECT extract(epoch from clock_timestamp())"))
+                         .scalar_one())
+        return time.time()
+
+    def state_ddl(self) -> str:
+        """Column definitions to add to a table so TableSource can keep state in it."""
+        c, s = self.col, self.states
+        return (f'"{c["status"]}" VARCHAR(16) NOT NULL DEFAULT \'{s["pending"]}\', '
+                f'"{c["attempts"]}" INTEGER NOT NULL DEFAULT 0, '
+                f'"{c["lease_owner"]}" VARCHAR(200), "{c["lease_until"]}" DOUBLE PRECISION, '
+                f'"{c["lease_token"]}" BIGINT NOT NULL DEFAULT 0, '
+                f'"{c["version"]}" INTEGER NOT NULL DEFAULT 0')
+
+
+def mark_pending(conn: Any, table: str, key: Any, *, key_column: str = "id",
+                 status_column: str = "status", version_column: str = "version",
+                 pending: str = "PENDING", processing: str = "PROCESSING") -> int:
+    """Mark a row to be processed (again): bump its version and make it PENDING unless it is
+    being processed right now, in which case its completion will see the new version and put
+    it back to PENDING. ``conn`` is a SQLAlchemy Connection or Session; runs in its
+    transaction. Returns the number of rows changed."""
+    t, k = _ident(table, "table"), _ident(key_column, "key column")
+    st, ver = _ident(status_column, "status column"), _ident(version_column, "version column")
+    sql = (f'UPDATE "{t}" SET "{ver}" = "{ver}" + 1, "{st}" = CASE WHEN "{st}" = :processing '
+           f'THEN "{st}" ELSE :pending END WHERE "{k}" = :key')
+    result = conn.execute(text(sql), {"processing": processing, "pending": pending, "key": key})
+    return int(result.rowcount)
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if v is None or isinstance(v, str | int | float | bool):
+            out[k] = v
+        elif isinstance(v, bytes | bytearray | memoryview):
+            out[k] = bytes(v).hex()
+        else:
+            out[k] = str(v)  # dates, decimals, UUIDs: their text form
+    return out
