@@ -1,5 +1,6 @@
 """sluice: scheduled jobs and large batch work spread over a cluster of worker processes."""
 
+from sluice import publishers
 from sluice.alerts import Alert
 from sluice.app import App
 from sluice.context import Context
@@ -16,6 +17,7 @@ from sluice.errors import (
     StoreError,
     UnknownJobError,
 )
+from sluice.outbox import Outbox, after_commit
 from sluice.pipeline.pipeline import Pipeline, Shard
 from sluice.pipeline.tablesource import TableSource, mark_pending
 
@@ -28,6 +30,7 @@ __all__ = [
     "CronError",
     "LeaseLost",
     "LockNotAcquired",
+    "Outbox",
     "PayloadError",
     "Pipeline",
     "PipelineError",
@@ -37,6 +40,8 @@ __all__ = [
     "StoreError",
     "TableSource",
     "UnknownJobError",
+    "after_commit",
     "mark_pending",
+    "publishers",
 ]
 __version__ = "0.1.0"

@@ -42,6 +42,7 @@ class App:
         self.settings = Settings.load(database_url=database_url, **settings)
         self.jobs: dict[str, JobSpec] = {}
         self.pipelines: dict[str, Pipeline] = {}
+        self.outboxes: list[Any] = []
         self._sinks: list[AlertSink] = []
         self._store: Store | None = None
         self._store_lock = threading.Lock()
@@ -94,16 +95,18 @@ class App:
         dispatch(self._sinks, alert)
 
     def add_outbox_relay(self, outbox: Any, *, every: float = 1.0, batch: int = 500) -> JobSpec:
-        """Run ``outbox.relay()`` on every node every ``every`` seconds (the compensation job)."""
+        """Register the outbox's relay (the compensation job): every node sends pending
+        messages every ``every`` seconds, ``batch`` at a time, and again at once while more
+        are waiting. Parked-message alerts go to this app's alert sinks."""
         def relay(ctx: Any) -> None:
-            outbox.relay(batch=batch, owner=ctx.node.id)
+            while outbox.relay(batch=batch, owner=ctx.node.id).more and not ctx.cancelled:
+                pass
 
-        if getattr(outbox, "on_alert", None) is None:
-            outbox.on_alert = self.alert
-        name = f"outbox_relay:{getattr(outbox, 'table', 'sluice_outbox')}"
-        spec = declare(name, relay, fixed_delay=every, routing="broadcast", overlap="skip")
+        outbox.alert_sinks.append(self.alert)
+        spec = declare(f"outbox_relay:{outbox.table}", relay, fixed_delay=every,
+                       routing="broadcast", overlap="skip")
         self._add(spec)
-        self.outboxes = [*getattr(self, "outboxes", []), outbox]
+        self.outboxes.append(outbox)
         return spec
 
     # -- groups (pipelines) ------------------------------------------------------------------

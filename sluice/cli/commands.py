@@ -64,7 +64,7 @@ def dispatch(args: argparse.Namespace, argv: list[str],
 
         return run_demo(records=args.records, folder=args.dir)
     if args.command == "outbox":
-        return int(args.outbox_func(args) or 0)
+        return int(args.func(args) or 0)
     store = open_store(args, load_app)
     try:
         handler = COMMANDS[args.command]

@@ -85,17 +85,26 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the coupon-reminder pipeline on SQLite, end to end")
     demo.add_argument("--records", type=int, default=100_000)
     demo.add_argument("--dir", default=".sluice-demo", help="where the demo databases go")
-    try:
-        from sluice.outbox.cli import add_outbox_commands
+    from sluice.outbox.cli import add_outbox_commands
 
-        add_outbox_commands(sub, lambda: [])
-    except ImportError:
-        pass
+    add_outbox_commands(sub, _outboxes)
     return p
+
+
+_APP: dict[str, str | None] = {"spec": None}
+
+
+def _outboxes() -> list[Any]:
+    """The outboxes of the app named by --app (``sluice --app mod:app outbox status``)."""
+    if not _APP["spec"]:
+        raise ConfigError("sluice outbox: name the app that declares the outbox: "
+                          "sluice --app module:app outbox status")
+    return list(load_app(_APP["spec"]).outboxes)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    _APP["spec"] = args.app
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -381,6 +381,15 @@ class Store:
             tx.notify("tasks")
         return released
 
+    def task_retry_later(self, task_id: int, token: int, delay: float, reason: str) -> bool:
+        """Run the task again after ``delay`` (``sluice.Retry``): the next attempt is counted,
+        and the task gets one more attempt in exchange, so asking to retry never fails it."""
+        with self.db.transaction() as tx:
+            done = tx.run("task_retry_later", id=task_id, token=token, delay=delay,
+                          error=reason) > 0
+            tx.notify("tasks")
+        return done
+
     def task_checkpoint(self, items: list[tuple[int, int, Any, int, Counts]]) -> set[int]:
         """Save the progress of running tasks in one transaction, each with the counts it adds
         to its run: ``(task id, token, progress, run id, counts)``. Counts of a task whose token

@@ -76,7 +76,7 @@ def run_job(w: Worker, r: Running) -> None:
         if not (r.timed_out or r.lost):
             delay = exc.delay if exc.delay is not None else job.backoff.delay(task.attempt)
             with_store(w, f"reschedule task {task.id}",
-                       lambda: w.store.task_release(task.id, task.token, delay))
+                       lambda: w.store.task_retry_later(task.id, task.token, delay, f"Retry: {exc}"))
             log.info("%s run %s asked to retry in %.1fs: %s", job.name, task.run_id, delay, exc)
         return
     except Cancelled:

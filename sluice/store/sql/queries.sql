@@ -302,3 +302,8 @@ SELECT :channel
 
 -- name: dead_of_run
 SELECT record FROM sluice_dead WHERE run_id = :run_id AND shard = :shard
+
+-- name: task_retry_later
+UPDATE sluice_tasks SET state = 'pending', owner = NULL, lease_until = NULL,
+       max_attempts = max_attempts + 1, available_at = {now} + :delay, error = :error
+ WHERE id = :id AND token = :token AND state = 'running'
