@@ -109,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return commands.dispatch(args, argv if argv is not None else sys.argv[1:], load_app)
-    except UnknownJobError as exc:
-        print(f"sluice: {exc.args[0]}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
+    except (UnknownJobError, ConfigError) as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:

@@ -337,14 +337,20 @@ class Store:
                 rows = tx.all("task_renew", node=node, lease_ttl=lease_ttl, held=dumps(held))
         return {r["id"]: (r["token"], bool(r["cancel"])) for r in rows}
 
+    def _fenced(self, tx: Tx, task_id: int, token: int, counts: Counts | None) -> Row | None:
+        """The running task if ``token`` is still its token (locked), with ``counts`` added to
+        its run; None when the token is stale."""
+        task = tx.one("task_fenced", id=task_id, token=token)
+        if task is not None and counts is not None and counts.any():
+            tx.run("run_count", id=task["run_id"], **vars(counts))
+        return task
+
     def task_complete(self, task_id: int, token: int, counts: Counts | None = None,
                       job_state: dict[str, Any] | None = None) -> Outcome:
         with self.db.transaction() as tx:
-            task = tx.one("task_fenced", id=task_id, token=token)
+            task = self._fenced(tx, task_id, token, counts)
             if task is None:
                 return self._stale(tx, task_id)
-            if counts is not None and counts.any():
-                tx.run("run_count", id=task["run_id"], **vars(counts))
             if job_state is not None:
                 tx.run("job_save_state", name=task["job"], state=dumps(job_state))
             finished = self._end_task(tx, task, "done", None)
@@ -354,11 +360,9 @@ class Store:
                   counts: Counts | None = None, final: bool = False) -> Outcome:
         """Record a failed attempt: retried after ``retry_delay`` while attempts remain."""
         with self.db.transaction() as tx:
-            task = tx.one("task_fenced", id=task_id, token=token)
+            task = self._fenced(tx, task_id, token, counts)
             if task is None:
                 return self._stale(tx, task_id)
-            if counts is not None and counts.any():
-                tx.run("run_count", id=task["run_id"], **vars(counts))
             if task["attempt"] < task["max_attempts"] and not final:
                 tx.run("task_set_state", id=task_id, state="pending", error=error,
                        delay=retry_delay)
@@ -417,13 +421,11 @@ class Store:
         state ``waiting`` until its last child ends, then becomes pending again; with
         ``complete`` it ends now (done), in the same transaction."""
         with self.db.transaction() as tx:
-            task = tx.one("task_fenced", id=task_id, token=token)
+            task = self._fenced(tx, task_id, token, counts)
             if task is None:
                 return self._stale(tx, task_id)
             self._insert_tasks(tx, task["run_id"], task["job"], children)
             tx.run("run_open_tasks", id=task["run_id"], n=len(children))
-            if counts is not None and counts.any():
-                tx.run("run_count", id=task["run_id"], **vars(counts))
             parented = sum(1 for c in children if c.parent_id == task_id)
             finished = None
             if complete:
@@ -441,11 +443,9 @@ class Store:
         """End an execute chunk (fenced): count it, queue its failed records for another
         attempt (a sibling chunk under the same loader), park those out of attempts."""
         with self.db.transaction() as tx:
-            task = tx.one("task_fenced", id=task_id, token=token)
+            task = self._fenced(tx, task_id, token, counts)
             if task is None:
                 return self._stale(tx, task_id)
-            if counts.any():
-                tx.run("run_count", id=task["run_id"], **vars(counts))
             if retry is not None:
                 self._insert_tasks(tx, task["run_id"], task["job"], [retry])
                 tx.run("run_open_tasks", id=task["run_id"], n=1)

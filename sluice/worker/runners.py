@@ -75,9 +75,10 @@ def run_job(w: Worker, r: Running) -> None:
     except Retry as exc:
         if not (r.timed_out or r.lost):
             delay = exc.delay if exc.delay is not None else job.backoff.delay(task.attempt)
+            reason = f"Retry: {exc}"
             with_store(w, f"reschedule task {task.id}",
-                       lambda: w.store.task_retry_later(task.id, task.token, delay, f"Retry: {exc}"))
-            log.info("%s run %s asked to retry in %.1fs: %s", job.name, task.run_id, delay, exc)
+                       lambda: w.store.task_retry_later(task.id, task.token, delay, reason))
+            log.info("%s run %s asked to retry in %.1fs: %s", job.name, task.run_id, delay, reason)
         return
     except Cancelled:
         if w.stopping.is_set() and not (r.timed_out or r.lost):

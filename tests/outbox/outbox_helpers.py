@@ -158,7 +158,7 @@ class NatsStream:
             while True:
                 try:
                     msgs = await sub.fetch(1000, timeout=0.5)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     # nats-py raises either, depending on where the deadline is noticed
                     msgs = []
                 for m in msgs:
