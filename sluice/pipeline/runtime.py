@@ -188,15 +188,17 @@ def _execute_all(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
         if gate is not None:
             gate(pipe.name)
         ctx.attempt = attempts[i] + 1
+        ack.begin()  # a slot of the node's in-flight window: bounds re-runs on a kill
         try:
             call(pipe.execute_fn, ctx, (records[i],), w.loops, pipe.spec.timeout)
         except Cancelled:
             failures[i] = "Cancelled"
+            ack.abandon()
         except Exception as exc:  # a record's failure is its own attempt, never the worker's
             failures[i] = f"{type(exc).__name__}: {exc}"
+            ack.abandon()
         else:
             ack.ack(r, i, records[i])
-            ack.drain(r)  # durable before the next record starts: bounds re-runs on a kill
     return failures
 
 
@@ -218,7 +220,7 @@ def _execute_batch(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
         if isinstance(outcome, BaseException):
             failures[i] = f"{type(outcome).__name__}: {outcome}"
         else:
-            ack.ack(r, i, records[i])
+            ack.ack(r, i, records[i], slot=False)  # a batch is in flight as a whole
     return failures
 
 

@@ -24,6 +24,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from sluice.errors import StoreError
 from sluice.store.queries import render
 
+IDLE_CHECK_AFTER = 2.0  # seconds; see _check_if_idle
+
 log = logging.getLogger("sluice.store")
 
 Row = dict[str, Any]
@@ -176,6 +178,14 @@ class SQLiteDriver(Driver):
             self._local.conn = None
 
 
+def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check before lending a connection: a round trip only for one idle long
+    enough that the server may have restarted meanwhile. A connection broken in the last
+    seconds fails its transaction once (a StoreError its caller retries) and is discarded."""
+    if time.monotonic() - getattr(conn, "_sluice_used", 0.0) > IDLE_CHECK_AFTER:
+        ConnectionPool.check_connection(conn)
+
+
 class PostgresDriver(Driver):
     dialect = "postgresql"
     tokens = (
@@ -189,14 +199,16 @@ class PostgresDriver(Driver):
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=True, timeout=30.0,
             kwargs={"row_factory": dict_row, "autocommit": False},
-            check=ConnectionPool.check_connection, name="sluice",
+            check=_check_if_idle, name="sluice",
         )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
         try:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                yield Tx(self, cur)
+            with self._pool.connection() as conn:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield Tx(self, cur)
+                conn._sluice_used = time.monotonic()  # type: ignore[attr-defined]
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreError(f"PostgreSQL unavailable: {exc}".strip()) from exc
 
