@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import Engine, bindparam, create_engine, inspect, text
 
 from sluice.errors import ConfigError, PipelineError
 
@@ -100,19 +100,20 @@ class TableSource:
 
     def fence(self, shard: Any, records: list[dict[str, Any]], token: int, owner: str) -> None:
         """Stamp a chunk's rows with its fencing token before they run (also takes parked rows
-        back from FAILED when they are retried)."""
+        back from FAILED when they are retried). One statement for the chunk."""
+        if not records:
+            return
         engine, table = self._prepare(shard)
         c, s = self.col, self.states
-        sql = (f'UPDATE "{table}" SET "{c["lease_token"]}" = :token, "{c["status"]}" = '
-               f':processing, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = :now + :lease '
-               f'WHERE "{self.key}" = :key AND "{c["lease_token"]}" < :token AND '
-               f'"{c["status"]}" IN (:processing, :failed)')
+        sql = text(f'UPDATE "{table}" SET "{c["lease_token"]}" = :token, "{c["status"]}" = '
+                   f':processing, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = '
+                   f':now + :lease WHERE "{self.key}" IN :keys AND "{c["lease_token"]}" < :token '
+                   f'AND "{c["status"]}" IN (:processing, :failed)'
+                   ).bindparams(bindparam("keys", expanding=True))
         with engine.begin() as conn:
-            now = self._now(conn)
-            conn.execute(text(sql), [
-                {"token": token, "processing": s["processing"], "failed": s["failed"],
-                 "owner": owner, "now": now, "lease": self.lease, "key": r[self.key]}
-                for r in records])
+            conn.execute(sql, {"token": token, "processing": s["processing"],
+                               "failed": s["failed"], "owner": owner, "now": self._now(conn),
+                               "lease": self.lease, "keys": [r[self.key] for r in records]})
 
     def complete(self, shard: Any, records: list[dict[str, Any]], token: int) -> int:
         """Mark executed rows DONE (or PENDING again if re-marked meanwhile); returns how many
@@ -134,17 +135,26 @@ class TableSource:
         return rejected
 
     def _complete(self, conn: Any, table: str, records: list[dict[str, Any]], token: int) -> int:
+        """One statement per distinct loaded version (usually one per chunk): rows still on
+        the version they were loaded with become DONE, re-marked rows go back to PENDING."""
         if not records:
             return 0
         c, s = self.col, self.states
-        sql = (f'UPDATE "{table}" SET "{c["status"]}" = CASE WHEN "{c["version"]}" = :version '
-               f'THEN :done ELSE :pending END, "{c["lease_owner"]}" = NULL, '
-               f'"{c["lease_until"]}" = NULL WHERE "{self.key}" = :key AND '
-               f'"{c["lease_token"]}" = :token AND "{c["status"]}" = :processing')
-        applied = conn.execute(text(sql), [  # one executemany: the drivers sum the rows changed
-            {"version": r.get(c["version"]), "done": s["done"], "pending": s["pending"],
-             "key": r[self.key], "token": token, "processing": s["processing"]}
-            for r in records]).rowcount
+        by_version: dict[Any, list[Any]] = {}
+        for r in records:
+            by_version.setdefault(r.get(c["version"]), []).append(r[self.key])
+        applied = 0
+        for version, keys in by_version.items():
+            same = f'"{c["version"]}" IS NULL' if version is None else \
+                f'"{c["version"]}" = :version'
+            sql = text(f'UPDATE "{table}" SET "{c["status"]}" = CASE WHEN {same} THEN :done '
+                       f'ELSE :pending END, "{c["lease_owner"]}" = NULL, "{c["lease_until"]}" = '
+                       f'NULL WHERE "{self.key}" IN :keys AND "{c["lease_token"]}" = :token AND '
+                       f'"{c["status"]}" = :processing'
+                       ).bindparams(bindparam("keys", expanding=True))
+            applied += conn.execute(sql, {
+                "version": version, "done": s["done"], "pending": s["pending"], "keys": keys,
+                "token": token, "processing": s["processing"]}).rowcount
         return len(records) - applied
 
     def park(self, shard: Any, records: list[dict[str, Any]], token: int) -> None:
