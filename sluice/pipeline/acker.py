@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from sluice.store import Counts
-from sluice.worker.runners import with_store
+from sluice.worker.runners import retrying, with_store
 
 if TYPE_CHECKING:
     from sluice.worker.worker import Running, Worker
@@ -88,6 +88,8 @@ class Acker:
             except Exception:
                 log.exception("acknowledging %d record(s) failed", len(batch))
                 step = None
+            if step is None:  # not marked done: their chunks stop and are taken over
+                self._give_up(batch)
             self._stage2.put((batch, slots, step))
 
     def _checkpoint_loop(self) -> None:
@@ -126,7 +128,7 @@ class Acker:
                 stale[t] = n
         return stale
 
-    def _prepare(self, batch: list[tuple[Running, int, Any]]) -> _Step:
+    def _prepare(self, batch: list[tuple[Running, int, Any]]) -> _Step | None:
         by_task: dict[int, Running] = {}
         records: dict[int, list[Any]] = defaultdict(list)
         for running, index, record in batch:
@@ -134,7 +136,10 @@ class Acker:
             running.extra.setdefault("done", set()).add(index)
             by_task[running.task.id] = running
             records[running.task.id].append(record)
-        stale = self._complete_in_sources(by_task, records)
+        stale = retrying(self.w, "mark executed records done",
+                         lambda: self._complete_in_sources(by_task, records))
+        if stale is None:
+            return None
         items = [
             (r.task.id, r.task.token, {"done": sorted(r.extra["done"])},
              r.task.run_id, Counts(executed=len(records[task_id]), stale=stale.get(task_id, 0)))
@@ -145,6 +150,13 @@ class Acker:
     def _checkpoint(self, by_task: dict[int, Running],
                     items: list[tuple[int, int, Any, int, Counts]]) -> None:
         stale = with_store(self.w, "checkpoint executed records",
-                           lambda: self.w.store.task_checkpoint(items)) or set()
-        for task_id in stale:
+                           lambda: self.w.store.task_checkpoint(items))
+        for task_id in by_task if stale is None else stale:
             by_task[task_id].lost = True
+
+    @staticmethod
+    def _give_up(batch: list[tuple[Running, int, Any]]) -> None:
+        """These records ran but could not be acknowledged: their chunks end here without
+        finishing, their leases lapse, and another claim runs the records again."""
+        for running, _, _ in batch:
+            running.lost = True

@@ -20,7 +20,7 @@ from sluice.pipeline.pipeline import Pipeline, Shard
 from sluice.store import Counts, Store, TaskPlan
 from sluice.store.rows import dumps
 from sluice.worker.handlers import call
-from sluice.worker.runners import record_failure, runner, with_store
+from sluice.worker.runners import record_failure, retrying, runner, with_store
 
 if TYPE_CHECKING:
     from sluice.worker.worker import Running, Worker
@@ -162,10 +162,12 @@ def run_exec(w: Worker, r: Running) -> None:
     source = pipe.source
     if source is not None and hasattr(source, "fence") and todo:
         try:
-            source.fence(payload.get("shard"), [records[i] for i in todo], r.task.token,
-                         w.node.id)
+            fenced = retrying(w, "fence rows", lambda: source.fence(
+                payload.get("shard"), [records[i] for i in todo], r.task.token, w.node.id) or 1)
         except PipelineError as exc:
             return _layer_error(w, r, pipe, "execute (fencing rows)", exc, contract=True)
+        if fenced is None:
+            return  # the business database stayed away: the lease lapses, the chunk moves on
     failures = _execute_all(w, r, pipe, records, attempts, todo)
     acker(w).drain(r)
     if r.lost:

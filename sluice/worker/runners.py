@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from sluice.alerts import Alert
 from sluice.errors import Cancelled, Retry, StoreError
 from sluice.worker.handlers import call
@@ -32,12 +34,20 @@ def runner(*kinds: str) -> Callable[[Callable[[Worker, Running], None]],
 def with_store(w: Worker, what: str, fn: Callable[[], Any]) -> Any:
     """Retry a store write through a short outage; give up after one lease (the lease expiry
     then hands the work to another node, which is the at-least-once path)."""
+    return retrying(w, what, fn, transient=(StoreError,))
+
+
+def retrying(w: Worker, what: str, fn: Callable[[], Any],
+             transient: tuple[type[BaseException], ...] = (StoreError, OperationalError,
+                                                            InterfaceError)) -> Any:
+    """Call ``fn`` until it stops raising one of ``transient`` (a store or business database
+    that is restarting), for at most one lease; ``None`` if it never succeeded."""
     deadline = time.monotonic() + w.settings.lease_ttl
     delay = 0.1
     while True:
         try:
             return fn()
-        except StoreError as exc:
+        except transient as exc:
             if time.monotonic() > deadline:
                 log.error("could not %s: %s; the lease will expire and the work be retried",
                           what, exc)
