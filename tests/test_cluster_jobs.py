@@ -117,9 +117,13 @@ def test_sharded_covers_every_item_once_per_run_and_rebalances_a_minority(pg_url
     assert len(complete) >= 2
     after = min(r for r, o in complete.items() if r > before and len(set(o.values())) == 2)
     moved = sum(1 for i in all_items if by_run[before][i] != by_run[after][i])
-    gone = sum(1 for i in all_items if by_run[before][i] not in set(by_run[after].values()))
+    left = set(by_run[before].values()) - set(by_run[after].values())
+    assert len(left) == 1
+    gone = sum(1 for i in all_items if by_run[before][i] in left)
+    # rendezvous hashing: exactly the leaver's items move (its share, ~1/3 on average; the
+    # share itself varies with the random node ids), every other item stays where it was
     assert moved == gone, "only the items of the node that left may move"
-    assert moved < len(all_items) / 2
+    assert 0 < gone < len(all_items)
 
 
 def test_lock_contended_by_processes_is_never_held_twice(pg_url, tmp_path):

@@ -155,9 +155,6 @@ def run_exec(w: Worker, r: Running) -> None:
     progress = r.task.progress or {}
     done = set(progress.get("done", []))
     todo = [i for i in range(len(records)) if i not in done]
-    # A chunk taken over from a lost node: its thread had at most one record running or
-    # unacknowledged, which now runs again (an upper bound: it may not have started).
-    reclaimed = 1 if r.task.attempt > 1 and todo else 0
     r.extra["done"] = done
     source = pipe.source
     if source is not None and hasattr(source, "fence") and todo:
@@ -172,7 +169,7 @@ def run_exec(w: Worker, r: Running) -> None:
     acker(w).drain(r)
     if r.lost:
         return
-    _finish_chunk(w, r, pipe, failures, reclaimed)
+    _finish_chunk(w, r, pipe, failures)
 
 
 def _execute_all(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
@@ -226,8 +223,7 @@ def _execute_batch(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
     return failures
 
 
-def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str],
-                  reclaimed: int) -> None:
+def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str]) -> None:
     payload = r.task.payload
     records, attempts = payload["records"], payload["attempts"]
     retry_records, retry_attempts, parked = [], [], []
@@ -246,7 +242,8 @@ def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str
                                   "attempts": retry_attempts})
     if parked and pipe.source is not None and hasattr(pipe.source, "park"):
         pipe.source.park(payload.get("shard"), [p[0] for p in parked], r.task.token)
-    counts = Counts(failed=len(failures), parked=len(parked), reexecuted=reclaimed)
+    # records re-run after a takeover are counted by the reaper (Store.task_reap)
+    counts = Counts(failed=len(failures), parked=len(parked))
     out = with_store(w, "finish chunk", lambda: w.store.task_finish_chunk(
         r.task.id, r.task.token, counts, retry, parked, str(payload.get("shard"))))
     if out is None or out.stale:
@@ -258,9 +255,9 @@ def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str
                           details={"run_id": r.task.run_id, "count": len(parked),
                                    "shard": payload.get("shard")}))
     if failures or r.task.attempt > 1:
-        log.info("%s run %s shard %s: chunk of %d done, %d failed, %d parked, %d re-run after "
-                 "reclaim", pipe.name, r.task.run_id, payload.get("shard"), len(records),
-                 len(failures), len(parked), reclaimed)
+        log.info("%s run %s shard %s: chunk of %d done (attempt %d), %d failed, %d parked",
+                 pipe.name, r.task.run_id, payload.get("shard"), len(records), r.task.attempt,
+                 len(failures), len(parked))
     if out.run_finished:
         _run_summary(w, r.task.run_id, pipe.name, out.run_finished)
 

@@ -475,14 +475,23 @@ class Store:
         that died, for alerts."""
         died: list[Row] = []
         with self.db.transaction() as tx:
-            for task in tx.all("task_expired", limit=limit):
+            expired = tx.all("task_expired", limit=limit)
+            # Once one lease of a dead node lapsed, take all its work back in this pass: its
+            # in-flight window is then bounded once (see _rerun_bound), and recovery is sooner.
+            seen = {t["id"] for t in expired}
+            for owner in {t["owner"] for t in expired if t["owner"]}:
+                more = tx.all("task_held_by_dead", owner=owner, ttl=node_ttl)
+                expired += [t for t in more if t["id"] not in seen]
+            for task in expired:
                 error = f"lost: lease expired on node {task['owner']} (attempt {task['attempt']})"
                 if task["kind"] == "exec" or task["attempt"] < task["max_attempts"]:
                     tx.run("task_set_state", id=task["id"], state="pending", error=error,
                            delay=0.0)
                 else:
                     self._end_task(tx, task, "dead", error)
-                    died.append({**task, "error": error})
+                    died.append({**task, "error": error, "payload": None, "progress": None})
+            for run_id, n in _rerun_bound(expired).items():
+                tx.run("run_count", id=run_id, **{**vars(Counts()), "reexecuted": n})
             for task in tx.all("task_orphaned", ttl=node_ttl, limit=limit):
                 if task["kind"] == "broadcast":
                     self._end_task(tx, task, "skipped", "target node left before it ran")
@@ -554,3 +563,28 @@ def _job(row: Row) -> Row:
         row[key] = json.loads(row[key])
     row["paused"] = bool(row["paused"])
     return row
+
+
+def _rerun_bound(expired: list[Row]) -> dict[int, int]:
+    """How many records of each run may run twice because these chunk leases lapsed: the ones
+    their node had started but not acknowledged. A node holds at most ``concurrency`` records
+    in flight, so per (run, node) that is at most its concurrency, and never more than the
+    chunks' unfinished records."""
+    todo: dict[tuple[int, str], int] = {}
+    window: dict[str, int] = {}
+    for t in expired:
+        if t["kind"] != "exec":
+            continue
+        records = len(json.loads(t["payload"]).get("records", []))
+        progress = json.loads(t["progress"]) if t["progress"] else {}
+        done = len(progress.get("done", [])) if isinstance(progress, dict) else 0
+        key = (t["run_id"], t["owner"] or "")
+        todo[key] = todo.get(key, 0) + max(0, records - done)
+        if t["owner_concurrency"]:
+            window[t["owner"]] = t["owner_concurrency"]
+    bound: dict[int, int] = {}
+    for (run_id, owner), n in todo.items():
+        n = min(n, window.get(owner, n))
+        if n:
+            bound[run_id] = bound.get(run_id, 0) + n
+    return bound

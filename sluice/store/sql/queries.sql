@@ -235,8 +235,19 @@ UPDATE sluice_tasks SET waiting_on = waiting_on - 1,
  WHERE id = :id
 
 -- name: task_expired
-SELECT id, run_id, job, kind, parent_id, attempt, max_attempts, owner, token FROM sluice_tasks
+SELECT id, run_id, job, kind, parent_id, attempt, max_attempts, owner, token, payload, progress,
+       (SELECT concurrency FROM sluice_nodes n WHERE n.id = t.owner) AS owner_concurrency
+  FROM sluice_tasks t
  WHERE state = 'running' AND lease_until < {now} ORDER BY id LIMIT :limit {skip_locked}
+
+-- name: task_held_by_dead
+SELECT id, run_id, job, kind, parent_id, attempt, max_attempts, owner, token, payload, progress,
+       (SELECT concurrency FROM sluice_nodes n WHERE n.id = t.owner) AS owner_concurrency
+  FROM sluice_tasks t
+ WHERE state = 'running' AND owner = :owner
+   AND NOT EXISTS (SELECT 1 FROM sluice_nodes n
+                    WHERE n.id = t.owner AND n.heartbeat_at >= {now} - :ttl)
+ ORDER BY id {skip_locked}
 
 -- name: task_orphaned
 SELECT id, run_id, kind FROM sluice_tasks t
