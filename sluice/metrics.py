@@ -68,14 +68,14 @@ class StoreCollector:
         self.outboxes = outboxes or []
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._runs()
         jobs = self.store.job_list()
+        yield from self._runs({j["name"] for j in jobs if j["kind"] == "pipeline"})
         yield from self._jobs(jobs)
         yield from self._pipelines(jobs)
         yield from self._nodes()
         yield from self._outboxes()
 
-    def _runs(self) -> Iterator[Metric]:
+    def _runs(self, pipelines: set[str]) -> Iterator[Metric]:
         runs = GaugeMetricFamily("sluice_runs", "Runs by job and state", labels=["job", "state"])
         for r in self.store.run_count_by_state():
             runs.add_metric([r["job"], r["state"]], r["n"])
@@ -85,7 +85,8 @@ class StoreCollector:
             c = CounterMetricFamily(f"sluice_records_{key}", f"Pipeline records {key}, over "
                                     "every run", labels=["job"])
             for job, t in sorted(totals.items()):
-                c.add_metric([job], t[key])
+                if job in pipelines:
+                    c.add_metric([job], t[key])
             yield c
         parked = GaugeMetricFamily("sluice_parked_records", "Parked records not yet retried",
                                    labels=["job"])

@@ -61,8 +61,8 @@ class Monitor:
         limit = self.w.settings.late_after
         for job in jobs:
             due = job["next_fire_at"]
-            if job["paused"] or due is None or now - due <= limit or job["name"] not in \
-                    self.w.app.jobs or self._late.get(job["name"]) == due:
+            if job["paused"] or due is None or now - due <= limit or \
+                    self._late.get(job["name"]) == due:
                 continue
             self._late[job["name"]] = due
             self.w.app.alert(Alert(
