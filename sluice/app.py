@@ -98,6 +98,10 @@ class App:
     def alert(self, alert: Alert) -> None:
         self._gate.offer(alert)
 
+    def flush_alerts(self) -> None:
+        """Send the summaries of held repeated alerts now (a stopping worker does)."""
+        self._gate.flush()
+
     def add_outbox_relay(self, outbox: Any, *, every: float = 1.0, batch: int = 500) -> JobSpec:
         """Register the outbox's relay (the compensation job): every node sends pending
         messages every ``every`` seconds, ``batch`` at a time, and again at once while more

@@ -54,7 +54,9 @@ class Monitor:
             self._seen = {}
             return False
         self.token = got[0]
-        self._seen = {m["id"]: m for m in self.w.members}  # a new monitor starts from now
+        # A new monitor also looks at nodes that died lately: the old monitor may be one.
+        recent = s.node_list_live(3 * ttl)
+        self._seen = {m["id"]: m for m in recent if m["id"] != self.w.node.id}
         return True
 
     def _late_firings(self, jobs: list[dict[str, Any]], now: float) -> None:

@@ -268,6 +268,7 @@ class Worker:
             except StoreError as exc:
                 log.warning("could not hand back task %s: %s", r.task.id, exc)
         self.heartbeat.stop()
+        self.app.flush_alerts()
         try:
             self.monitor.release()
         except StoreError as exc:
