@@ -2,7 +2,9 @@
 
 $TEST_EVENTS gets one JSON line per job run; $TEST_DATA is a SQLite file of shard tables for
 the ``bulk`` pipeline (made by ``build_data``); $TEST_WEBHOOK, when set, receives the alerts;
-records whose id is a multiple of $TEST_PARK_EVERY always fail (and get parked).
+records whose id is a multiple of $TEST_PARK_EVERY always fail (and get parked). With
+$TEST_BUSINESS_URL the app has an outbox there, whose broker is down while $TEST_FAIL_FLAG
+exists.
 """
 
 from __future__ import annotations
@@ -58,6 +60,18 @@ def send(ctx: sluice.Context, item: dict) -> None:
     time.sleep(EXEC_SECONDS)
     if PARK_EVERY and item["id"] % PARK_EVERY == 0:
         raise ValueError(f"item {item['id']} is bad on purpose")
+
+
+def deliver(message: sluice.publishers.OutboxMessage) -> None:
+    if os.path.exists(os.environ.get("TEST_FAIL_FLAG", "/nonexistent")):
+        raise ConnectionError("broker down on purpose")
+    record(EVENTS, job="outbox", id=message.id, t=time.time())
+
+
+if os.environ.get("TEST_BUSINESS_URL"):  # an outbox, relayed by the workers
+    outbox = sluice.Outbox(create_engine(os.environ["TEST_BUSINESS_URL"]),
+                           publisher=sluice.publishers.Callable(deliver), backoff=(0.05, 0.2))
+    app.add_outbox_relay(outbox, every=0.2)
 
 
 def build_data(path: str, records: int) -> None:
