@@ -120,7 +120,8 @@ class StoreCollector:
                                     "not yet executed or parked, in active runs",
                                     labels=["job"])
         waiting: dict[str, int] = {}
-        for r in self.store.run_progress_recent(horizon=0.0):
+        pipelines = [j["name"] for j in jobs if j["kind"] == "pipeline"]
+        for r in self.store.run_progress(pipelines, []):
             if r["state"] in ("pending", "running"):
                 left = int(r["loaded"]) - int(r["executed"]) - int(r["parked"])
                 waiting[r["job"]] = waiting.get(r["job"], 0) + max(0, left)

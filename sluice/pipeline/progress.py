@@ -1,9 +1,10 @@
 """Achieved rates from run counters: what the rate curves, the metrics and the rate alert read.
 
 Runs only count (loaded, executed, …); a rate is the change of those counts between two
-samples. ``RateTracker.sample`` is fed the rows of ``Store.run_progress_recent`` (active runs
-and runs that just ended) every second or so and keeps, per pipeline, a bounded series of
-points: records loaded in the interval and records executed per second.
+samples. ``RateTracker.sample`` is fed the rows of ``Store.run_progress`` (the active runs and
+the ones it was watching, which may have just ended) every second or so and keeps, per
+pipeline, a bounded series of points: records loaded in the interval and records executed per
+second.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ class Point:
     loaded: int  # records loaded since the previous sample
     executed: int  # records executed since the previous sample
     rate: float  # records executed per second since the previous sample
+
+
+ACTIVE = ("ready", "queued", "pending", "running")
 
 
 class RateTracker:
@@ -42,13 +46,15 @@ class RateTracker:
             loaded: dict[str, int] = {}
             executed: dict[str, int] = {}
             seen: dict[int, tuple[int, int]] = {}
+            active = {r["id"] for r in rows if r["state"] in ACTIVE}
             for r in rows:
                 counts = (int(r["loaded"]), int(r["executed"]))
                 before = self._last.get(r["id"], (0, 0))
                 seen[r["id"]] = counts
                 loaded[r["job"]] = loaded.get(r["job"], 0) + counts[0] - before[0]
                 executed[r["job"]] = executed.get(r["job"], 0) + counts[1] - before[1]
-            self._last = seen
+            # only active runs are watched: an ended run was read once more for its final counts
+            self._last = {i: c for i, c in seen.items() if i in active}
             self._t = t
             if first:  # the counts so far are a baseline, not one interval's work
                 return
@@ -56,6 +62,11 @@ class RateTracker:
                 series = self._series.setdefault(job, deque(maxlen=self.keep))
                 ex = max(0, executed.get(job, 0))
                 series.append(Point(t, max(0, loaded.get(job, 0)), ex, ex / dt))
+
+    def watching(self) -> list[int]:
+        """The runs that were active at the last sample (pass them to the next one)."""
+        with self._lock:
+            return list(self._last)
 
     def series(self, job: str) -> list[Point]:
         with self._lock:

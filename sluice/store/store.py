@@ -77,7 +77,7 @@ class Store(ReadViews):
         self.db.close()
 
     def clock(self) -> float:
-        with self.db.transaction() as tx:
+        with self.db.read() as tx:
             row = tx.one("clock")
         assert row is not None
         return float(row["now"])

@@ -35,11 +35,14 @@ class ReadViews:
         return {r["job"]: {k: int(r[k] or 0) for k in ("loaded", "executed", "failed", "parked")}
                 for r in rows}
 
-    def run_progress_recent(self, horizon: float = 30.0) -> list[Row]:
-        """Counters of active runs and of runs that ended in the last ``horizon`` seconds,
-        each with the database time ``now``: what rate curves are sampled from."""
+    def run_progress(self, jobs: list[str], ids: list[int]) -> list[Row]:
+        """Counters of the active runs of ``jobs`` and of the runs ``ids`` (e.g. the ones
+        active at the previous sample, to read their final counts), each with the database
+        time ``now``: what rate curves are sampled from."""
         with self.db.read() as tx:
-            return tx.all("run_progress_recent", horizon=horizon)
+            if self.db.dialect == "postgresql":
+                return tx.all("run_progress", jobs=jobs, ids=ids)
+            return tx.all("run_progress", jobs=json.dumps(jobs), ids=json.dumps(ids))
 
     def run_fire_lag(self) -> dict[str, float]:
         """For each job, how late its latest scheduled firing was recorded (seconds)."""

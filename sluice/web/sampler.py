@@ -75,7 +75,9 @@ class Sampler:
 
     def sample(self) -> None:
         now = self.store.clock()
-        self.pipelines.sample(self.store.run_progress_recent(horizon=30.0), now)
+        pipelines = [j["name"] for j in self.store.job_list() if j["kind"] == "pipeline"]
+        rows = self.store.run_progress(pipelines, self.pipelines.watching())
+        self.pipelines.sample(rows, now)
         self.nodes.sample(self.store.node_list_live(self.node_ttl), now)
 
     def _loop(self) -> None:

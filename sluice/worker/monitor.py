@@ -89,7 +89,8 @@ class Monitor:
         self._seen = live
 
     def _rates(self, jobs: list[dict[str, Any]], now: float) -> None:
-        rows = self.w.store.run_progress_recent(horizon=30.0)
+        pipelines = [j["name"] for j in jobs if j["kind"] == "pipeline"]
+        rows = self.w.store.run_progress(pipelines, self.rates.watching())
         self.rates.sample(rows, now)
         active = {r["job"] for r in rows if r["state"] in ("pending", "running")}
         settings = self.w.settings

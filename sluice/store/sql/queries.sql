@@ -320,10 +320,19 @@ SELECT job, state, count(*) AS n FROM sluice_runs GROUP BY job, state
 SELECT job, sum(loaded) AS loaded, sum(executed) AS executed, sum(failed) AS failed,
        sum(parked) AS parked FROM sluice_runs GROUP BY job
 
--- name: run_progress_recent
+-- name: run_progress
+-- The state list is the active-runs index's own predicate, so that index serves the query.
 SELECT id, job, state, loaded, executed, failed, parked, started_at, finished_at, {now} AS now
   FROM sluice_runs
- WHERE state IN ('pending', 'running') OR finished_at >= {now} - :horizon
+ WHERE (job IN (SELECT value FROM json_each(:jobs))
+        AND state IN ('ready', 'queued', 'pending', 'running'))
+    OR id IN (SELECT value FROM json_each(:ids))
+
+-- name: run_progress@postgresql
+SELECT id, job, state, loaded, executed, failed, parked, started_at, finished_at, {now} AS now
+  FROM sluice_runs
+ WHERE (job = ANY(:jobs) AND state IN ('ready', 'queued', 'pending', 'running'))
+    OR id = ANY(:ids)
 
 -- name: run_fire_lag
 SELECT r.job, r.created_at - r.scheduled_at AS lag FROM sluice_runs r
