@@ -3,7 +3,8 @@
   "use strict";
 
   function chartOpts(title, width, series) {
-    return { width: width, height: 220, scales: { x: { time: true } },
+    var fromZero = { range: function (u, min, max) { return [0, Math.max(1, max) * 1.1]; } };
+    return { width: width, height: 220, scales: { x: { time: true }, y: fromZero },
              legend: { show: true }, series: [{}].concat(series) };
   }
 
