@@ -77,7 +77,8 @@ class Monitor:
         live = {m["id"]: m for m in self.w.members}
         for node_id, last in self._seen.items():
             running = last["info"].get("running") or {}
-            if node_id in live or last["state"] == "draining" or not running:
+            if node_id in live or node_id == self.w.node.id or last["state"] == "draining" \
+                    or not running:
                 continue
             work = ", ".join(f"{job}×{n}" for job, n in sorted(running.items()))
             self.w.app.alert(Alert(
