@@ -79,10 +79,10 @@ def job_status(args: argparse.Namespace, store: Store) -> int:
         return 0
     for key, value in out.items():
         if key != "run":
-            print(f"{key:<14} {'-' if value is None else value}")
+            print(f"{key:<17} {'-' if value is None else value}")
     for key, value in (out.get("run") or {}).items():
         shown = f"{value:,.1f}" if isinstance(value, float) else value
-        print(f"run.{key:<10} {'-' if value is None else shown}")
+        print(f"{'run.' + key:<17} {'-' if value is None else shown}")
     return 0
 
 
