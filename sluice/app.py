@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sluice.alerts import Alert, AlertSink, dispatch
+from sluice.alerts import Alert, AlertGate, AlertSink, dispatch
 from sluice.config import Settings
 from sluice.errors import ConfigError, UnknownJobError
 from sluice.job import JobSpec, check_options, declare
@@ -44,6 +44,7 @@ class App:
         self.pipelines: dict[str, Pipeline] = {}
         self.outboxes: list[Any] = []
         self._sinks: list[AlertSink] = []
+        self._gate = AlertGate(lambda a: dispatch(self._sinks, a), self.settings.alert_window)
         self._store: Store | None = None
         self._store_lock = threading.Lock()
 
@@ -87,12 +88,19 @@ class App:
         self.jobs[spec.name] = spec
 
     def on_alert(self, sink: AlertSink) -> AlertSink:
-        """Register an alert sink (``fn(alert)``); usable as a decorator."""
+        """Register an alert sink (``fn(alert)``); usable as a decorator. Built-in sinks:
+        ``sluice.alerts.log_sink`` (the default when none is registered) and
+        ``sluice.alerts.webhook(url)``. Repeats of one kind about one subject within
+        ``alert_window`` seconds (default 60) reach the sinks as one summary alert."""
         self._sinks.append(sink)
         return sink
 
     def alert(self, alert: Alert) -> None:
-        dispatch(self._sinks, alert)
+        self._gate.offer(alert)
+
+    def flush_alerts(self) -> None:
+        """Send the summaries of held repeated alerts now (a stopping worker does)."""
+        self._gate.flush()
 
     def add_outbox_relay(self, outbox: Any, *, every: float = 1.0, batch: int = 500) -> JobSpec:
         """Register the outbox's relay (the compensation job): every node sends pending

@@ -35,6 +35,18 @@ class Settings:
     #: node group (pipelines with groups=) and zone
     group: str | None = None
     zone: str | None = None
+    #: seconds in which repeated alerts of one kind about one subject are summed up in one
+    alert_window: float = 60.0
+    #: a job whose firing is overdue by more than this many seconds raises ``firing_late``
+    late_after: float = 30.0
+    #: a pipeline below ``rate_tolerance`` of its target rate for this long raises
+    #: ``rate_unreachable``
+    rate_alert_after: float = 60.0
+    #: the fraction of the target rate counted as reaching it
+    rate_tolerance: float = 0.8
+    #: serve Prometheus metrics of this worker on this port (0: off); with --processes N,
+    #: worker i listens on port + i
+    metrics_port: int = 0
 
     @classmethod
     def load(cls, **given: Any) -> Settings:
@@ -57,7 +69,8 @@ class Settings:
         if scheme not in ("sqlite", "postgresql", "postgres"):
             raise ConfigError(f"database url {self.database_url!r}: unsupported scheme "
                               f"{scheme or '(none)'!r}; use sqlite:///FILE or postgresql://…")
-        for name in ("heartbeat", "node_ttl", "lease_ttl", "drain_timeout"):
+        for name in ("heartbeat", "node_ttl", "lease_ttl", "drain_timeout", "alert_window",
+                     "late_after", "rate_alert_after", "rate_tolerance"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"setting {name} (SLUICE_{name.upper()}) must be a number > 0, "
@@ -71,6 +84,13 @@ class Settings:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ConfigError(f"setting concurrency must be an integer >= 1, "
                               f"got {self.concurrency!r}")
+        if self.rate_tolerance > 1:
+            raise ConfigError(f"setting rate_tolerance must be in (0, 1], "
+                              f"got {self.rate_tolerance!r}")
+        port = self.metrics_port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(f"setting metrics_port (SLUICE_METRICS_PORT) must be a port "
+                              f"number 0-65535 (0: off), got {port!r}")
         return self
 
     def poll(self) -> float:

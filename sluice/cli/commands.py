@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from sluice.app import resume_job, set_job, stored_schedule
+from sluice.cli import overview
 from sluice.config import DEFAULT_DATABASE_URL, Settings
 from sluice.errors import ConfigError, UnknownJobError
 from sluice.store import Store
@@ -65,6 +64,10 @@ def dispatch(args: argparse.Namespace, argv: list[str],
         return run_demo(records=args.records, folder=args.dir)
     if args.command == "outbox":
         return int(args.func(args) or 0)
+    if args.command == "dashboard":
+        from sluice.web.serve import serve
+
+        return serve(args, open_store(args, load_app), load_app)
     store = open_store(args, load_app)
     try:
         handler = COMMANDS[args.command]
@@ -79,13 +82,16 @@ def worker(args: argparse.Namespace, argv: list[str], load_app: Callable[[str], 
     if args.processes > 1:
         from sluice.worker.process import supervise
 
-        child = [a for a in _without(argv, "--processes")]
-        return supervise(child, args.processes)
+        child = _without(_without(argv, "--processes"), "--metrics-port")
+        port = args.metrics_port if args.metrics_port is not None else \
+            Settings.load().metrics_port  # the environment's, split over the children too
+        return supervise(child, args.processes, metrics_port=port)
     app = load_app(args.target)
     settings = app.settings.with_(
         database_url=args.database_url, group=args.group, zone=args.zone,
         concurrency=args.concurrency, heartbeat=args.heartbeat, node_ttl=args.node_ttl,
-        lease_ttl=args.lease_ttl, drain_timeout=args.drain_timeout)
+        lease_ttl=args.lease_ttl, drain_timeout=args.drain_timeout,
+        metrics_port=args.metrics_port)
     from sluice.worker.process import exit_now, run_foreground
 
     run_foreground(app, settings)
@@ -155,16 +161,10 @@ def trigger(args: argparse.Namespace, store: Store) -> int:
         print(json.dumps({"run_id": run_id}) if args.json else f"run {run_id} of {args.job} "
               "triggered")
         return 0
-    while True:
-        run = store.run_get(run_id)  # type: ignore[arg-type]
-        assert run is not None
-        line = (f"\rrun {run_id} {run['state']:<9} loaded {run['loaded']:>9,} executed "
-                f"{run['executed']:>9,} failed {run['failed']:>6,} parked {run['parked']:>6,}")
-        print(line, end="", file=sys.stderr, flush=True)
-        if run["state"] in ("succeeded", "failed", "lost", "cancelled", "skipped"):
-            print(file=sys.stderr)
-            return 0 if run["state"] == "succeeded" else 1
-        time.sleep(0.5)
+    from sluice.cli.overview import wait_with_progress
+
+    assert run_id is not None
+    return wait_with_progress(store, run_id)
 
 
 def _known(store: Store, name: str) -> None:
@@ -225,5 +225,5 @@ def db(args: argparse.Namespace, store: Store) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Store], int]] = {
     "jobs": jobs, "runs": runs, "nodes": nodes, "trigger": trigger, "pause": pause,
-    "resume": resume, "set": set_, "dead": dead, "db": db,
+    "resume": resume, "set": set_, "dead": dead, "db": db, "status": overview.status,
 }

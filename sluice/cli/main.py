@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--node-ttl", type=float, help="seconds until a silent node is dead (5)")
     w.add_argument("--lease-ttl", type=float, help="seconds a claim lasts unrenewed (10)")
     w.add_argument("--drain-timeout", type=float, help="seconds to finish work on stop (30)")
+    w.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port "
+                   "(with --processes N, worker i uses port + i; default off)")
 
     for name, help_ in (("jobs", "list jobs"), ("nodes", "list live nodes")):
         sp = sub.add_parser(name, help=help_)
@@ -80,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     dr.add_argument("job")
     dr.add_argument("ids", nargs="*", type=int)
     dr.add_argument("--all", action="store_true")
+    st = sub.add_parser("status", help="overview of every job, or one job's counters")
+    st.add_argument("job", nargs="?", help="one job: its latest run and pipeline counters")
+    st.add_argument("--json", action="store_true")
+    dash = sub.add_parser("dashboard", help="serve the web dashboard and /metrics")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    dash.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     db = sub.add_parser("db", help="schema management")
     db.add_argument("db_command", choices=["upgrade"])
     demo = sub.add_parser("demo", help="the coupon-reminder pipeline on SQLite, end to end")

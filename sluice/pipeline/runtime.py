@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +179,7 @@ def _execute_all(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
     gate = w.plugins.get("rate_gate")
     failures: dict[int, str] = {}
     ctx = r.ctx
+    stats = w.stats
     if pipe.execute_batch_fn is not None:
         return _execute_batch(w, r, pipe, records, todo)
     assert pipe.execute_fn is not None
@@ -188,13 +190,15 @@ def _execute_all(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
             gate(pipe.name)
         ctx.attempt = attempts[i] + 1
         ack.begin()  # a slot of the node's in-flight window: bounds re-runs on a kill
+        started = time.perf_counter()
         try:
             call(pipe.execute_fn, ctx, (records[i],), w.loops, pipe.spec.timeout)
         except Cancelled:
             failures[i] = "Cancelled"
-            ack.abandon()
         except Exception as exc:  # a record's failure is its own attempt, never the worker's
             failures[i] = f"{type(exc).__name__}: {exc}"
+        stats.executed(pipe.name, time.perf_counter() - started, i not in failures)
+        if i in failures:
             ack.abandon()
         else:
             ack.ack(r, i, records[i])
@@ -206,6 +210,7 @@ def _execute_batch(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
     ack = acker(w)
     batch = [records[i] for i in todo]
     failures: dict[int, str] = {}
+    started = time.perf_counter()
     try:
         assert pipe.execute_batch_fn is not None
         outcomes = call(pipe.execute_batch_fn, r.ctx, (batch,), w.loops, pipe.spec.timeout)
@@ -215,7 +220,9 @@ def _execute_batch(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
                                 f"{len(batch)} records; return one per record")
     except Exception as exc:
         outcomes = [exc] * len(batch)
+    each = (time.perf_counter() - started) / max(1, len(batch))
     for i, outcome in zip(todo, outcomes, strict=True):
+        w.stats.executed(pipe.name, each, not isinstance(outcome, BaseException))
         if isinstance(outcome, BaseException):
             failures[i] = f"{type(outcome).__name__}: {outcome}"
         else:
@@ -249,6 +256,7 @@ def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str
     if out is None or out.stale:
         return
     if parked:
+        w.stats.parked(pipe.name, len(parked))
         w.app.alert(Alert(kind="record_parked", subject=pipe.name,
                           message=f"{len(parked)} record(s) parked after {pipe.max_attempts} "
                                   f"attempts: {parked[0][1]}",

@@ -64,6 +64,11 @@ class Driver:
     def transaction(self) -> contextlib.AbstractContextManager[Tx]:
         raise NotImplementedError
 
+    def read(self) -> contextlib.AbstractContextManager[Tx]:
+        """A transaction that only reads (dashboards, metrics): on SQLite it takes no write
+        lock, so it never queues behind the workers' writes."""
+        return self.transaction()
+
     def prepare(self, cur: Any, name: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return render(name, self.dialect, self.tokens), params
 
@@ -115,13 +120,17 @@ class SQLiteDriver(Driver):
         with self._write_lock:
             yield from self._transaction()
 
-    def _transaction(self) -> Iterator[Tx]:
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Tx]:
+        yield from self._transaction("BEGIN")
+
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[Tx]:
         conn = self._conn()
         cur = conn.cursor()
         try:
             # IMMEDIATE: take the write lock up front so the busy timeout applies (a deferred
             # transaction that read first fails at once when it tries to write).
-            cur.execute("BEGIN IMMEDIATE")
+            cur.execute(begin)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite {self.path}: cannot start a transaction: {exc}") from exc
         try:

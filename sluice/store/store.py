@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from sluice.errors import ConfigError, SchemaError
 from sluice.store.drivers import Driver, PostgresDriver, Row, SQLiteDriver, Tx
 from sluice.store.rows import ClaimedTask, Counts, Firing, Outcome, TaskPlan, dumps
+from sluice.store.views import ReadViews
 
 log = logging.getLogger("sluice.store")
 
@@ -48,7 +49,7 @@ def _scripts(dialect: str) -> list[tuple[int, str]]:
 SCHEMA_VERSION = 1
 
 
-class Store:
+class Store(ReadViews):
     """The narrow port between the runtime and the database."""
 
     def __init__(self, driver: Driver) -> None:
@@ -76,7 +77,7 @@ class Store:
         self.db.close()
 
     def clock(self) -> float:
-        with self.db.transaction() as tx:
+        with self.db.read() as tx:
             row = tx.one("clock")
         assert row is not None
         return float(row["now"])

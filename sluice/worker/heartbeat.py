@@ -70,11 +70,18 @@ class Heartbeat:
                               message=f"run {task['run_id']} {task['error']}",
                               details={"run_id": task["run_id"], "task_id": task["id"]}))
         self._time_out()
+        try:
+            w.monitor.check()
+        except StoreError:
+            raise
+        except Exception:
+            log.exception("monitor checks failed")
 
     def _info(self) -> dict:
         with self.w._lock:
             jobs = [r.task.job for r in self.w.running.values()]
-        return {"running": {j: jobs.count(j) for j in set(jobs)}, "slots": self.w._free}
+        return {"running": {j: jobs.count(j) for j in set(jobs)}, "slots": self.w._free,
+                "stats": self.w.stats.snapshot()}
 
     def _renew(self) -> None:
         w = self.w

@@ -55,13 +55,15 @@ def exit_now(code: int = 0) -> None:
     os._exit(code)
 
 
-def supervise(argv: list[str], processes: int) -> int:
-    """Run ``processes`` copies of ``sluice worker`` (argv without --processes) until signalled."""
+def supervise(argv: list[str], processes: int, metrics_port: int | None = None) -> int:
+    """Run ``processes`` copies of ``sluice worker`` (argv without --processes) until signalled.
+    With ``metrics_port``, child i serves its metrics on ``metrics_port + i``."""
     children: list[subprocess.Popen[bytes]] = []
     stopping = threading.Event()
 
-    def spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "sluice", *argv])
+    def spawn(i: int) -> subprocess.Popen[bytes]:
+        extra = ["--metrics-port", str(metrics_port + i)] if metrics_port else []
+        return subprocess.Popen([sys.executable, "-m", "sluice", *argv, *extra])
 
     def on_signal(signum: int, _frame: object) -> None:
         stopping.set()
@@ -71,7 +73,7 @@ def supervise(argv: list[str], processes: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    children.extend(spawn() for _ in range(processes))
+    children.extend(spawn(i) for i in range(processes))
     log.info("supervisor: %d worker processes started", processes)
     while not stopping.is_set():
         for i, child in enumerate(children):
@@ -79,7 +81,7 @@ def supervise(argv: list[str], processes: int) -> int:
             if code is not None and not stopping.is_set():
                 log.warning("worker process %d exited with %s; restarting", child.pid, code)
                 time.sleep(1.0)
-                children[i] = spawn()
+                children[i] = spawn(i)
         stopping.wait(0.5)
     for child in children:
         try:

@@ -27,7 +27,9 @@ from sluice.schedule.firing import plan_firings
 from sluice.store import ClaimedTask, Store
 from sluice.worker import runners
 from sluice.worker.handlers import LoopThread
+from sluice.worker.monitor import Monitor
 from sluice.worker.routing import plan_tasks
+from sluice.worker.stats import NodeStats
 
 if TYPE_CHECKING:
     from sluice.app import App
@@ -67,6 +69,9 @@ class Worker:
         self._next_fire: float | None = None  # database time of the earliest next firing
         self._jobs_dirty = True
         self.plugins: dict[str, Any] = {}  # per-node helpers (the record acker, rate gates)
+        self.started = time.monotonic()
+        self.stats = NodeStats()  # what this node executed (heartbeat info, /metrics)
+        self.monitor = Monitor(self)  # cluster-wide alerts, when this node holds the duty
 
     # -- the core loop -------------------------------------------------------------------
 
@@ -225,6 +230,14 @@ class Worker:
             self.store.job_register(job.name, job.kind, job.stored(), first,
                                     schedule.finish_delay if schedule else None)
         self.heartbeat.start()
+        if self.settings.metrics_port:
+            from sluice.metrics import serve_worker_metrics
+
+            try:
+                serve_worker_metrics(self, self.settings.metrics_port)
+            except OSError as exc:
+                log.error("metrics port %d: %s; this worker serves no /metrics",
+                          self.settings.metrics_port, exc)
         threading.Thread(target=self.store.db.listen, args=(self._on_notify, self.stopping),
                          name="sluice-listen", daemon=True).start()
         log.info("node %s started: %d job(s), concurrency %d, group %s, zone %s, store %s",
@@ -255,6 +268,11 @@ class Worker:
             except StoreError as exc:
                 log.warning("could not hand back task %s: %s", r.task.id, exc)
         self.heartbeat.stop()
+        self.app.flush_alerts()
+        try:
+            self.monitor.release()
+        except StoreError as exc:
+            log.warning("could not release the monitor duty: %s", exc)
         if "acker" in self.plugins:
             self.plugins["acker"].stop()
         try:

@@ -318,3 +318,54 @@ SELECT record FROM sluice_dead WHERE run_id = :run_id AND shard = :shard
 UPDATE sluice_tasks SET state = 'pending', owner = NULL, lease_until = NULL,
        max_attempts = max_attempts + 1, available_at = {now} + :delay, error = :error
  WHERE id = :id AND token = :token AND state = 'running'
+
+-- Read-only views for the dashboard, `sluice status` and the metrics (never on the hot path).
+
+-- name: run_latest_by_job
+SELECT * FROM sluice_runs WHERE id IN (SELECT max(id) FROM sluice_runs GROUP BY job)
+
+-- name: run_count_by_state
+SELECT job, state, count(*) AS n FROM sluice_runs GROUP BY job, state
+
+-- name: run_totals_by_job
+SELECT job, sum(loaded) AS loaded, sum(executed) AS executed, sum(failed) AS failed,
+       sum(parked) AS parked FROM sluice_runs GROUP BY job
+
+-- name: run_progress
+-- The state list is the active-runs index's own predicate, so that index serves the query.
+SELECT id, job, state, loaded, executed, failed, parked, started_at, finished_at, {now} AS now
+  FROM sluice_runs
+ WHERE (job IN (SELECT value FROM json_each(:jobs))
+        AND state IN ('ready', 'queued', 'pending', 'running'))
+    OR id IN (SELECT value FROM json_each(:ids))
+
+-- name: run_progress@postgresql
+SELECT id, job, state, loaded, executed, failed, parked, started_at, finished_at, {now} AS now
+  FROM sluice_runs
+ WHERE (job = ANY(:jobs) AND state IN ('ready', 'queued', 'pending', 'running'))
+    OR id = ANY(:ids)
+
+-- name: run_fire_lag
+SELECT r.job, r.created_at - r.scheduled_at AS lag FROM sluice_runs r
+ WHERE r.id IN (SELECT max(id) FROM sluice_runs WHERE trigger = 'schedule' GROUP BY job)
+
+-- name: task_shard_progress
+SELECT json_extract(payload, '$.shard') AS shard, kind, state, count(*) AS tasks,
+       sum(CASE WHEN kind = 'exec' AND json_extract(payload, '$.attempts[0]') = 0
+                THEN json_array_length(payload, '$.records') ELSE 0 END) AS loaded,
+       sum(CASE WHEN kind = 'exec'
+                THEN coalesce(json_array_length(progress, '$.done'), 0) ELSE 0 END) AS executed
+  FROM sluice_tasks WHERE run_id = :run_id AND kind IN ('load', 'exec')
+ GROUP BY json_extract(payload, '$.shard'), kind, state
+
+-- name: task_shard_progress@postgresql
+SELECT CAST(payload AS json)->>'shard' AS shard, kind, state, count(*) AS tasks,
+       sum(CASE WHEN kind = 'exec' AND (CAST(payload AS json)->'attempts'->>0) = '0'
+                THEN json_array_length(CAST(payload AS json)->'records') ELSE 0 END) AS loaded,
+       sum(CASE WHEN kind = 'exec' AND json_typeof(CAST(progress AS json)->'done') = 'array'
+                THEN json_array_length(CAST(progress AS json)->'done') ELSE 0 END) AS executed
+  FROM sluice_tasks WHERE run_id = :run_id AND kind IN ('load', 'exec')
+ GROUP BY 1, kind, state
+
+-- name: dead_count_by_job
+SELECT job, count(*) AS n FROM sluice_dead WHERE retried_at IS NULL GROUP BY job
