@@ -1,13 +1,16 @@
-"""Group commit of executed records: one store write acknowledges many records.
+"""Group commit of executed records: one write acknowledges many records.
 
-A record is *in flight* from the moment it starts executing until its completion is durably
-written. A node holds at most ``concurrency`` records in flight (a semaphore, taken before a
-record starts and given back when its acknowledgement is written), so a killed node's work
-re-runs at most ``concurrency`` records elsewhere. Within that window a chunk's thread does not
-wait for each write: while one write is in flight the next batch gathers from all threads, so a
-busy node writes large batches and an idle one writes at once. Two stages overlap: one thread
-marks a batch done in the business database while another saves the previous batch's progress
-in the store.
+A record is *in flight* from the moment it starts executing until its completion is durable. A
+node holds at most ``concurrency`` records in flight (a semaphore, taken before a record starts
+and given back once its completion is durable), so a killed node's work re-runs at most
+``concurrency`` records elsewhere. Within that window a chunk's thread does not wait for each
+write: while one write is in flight the next batch gathers from all threads, so a busy node
+writes large batches and an idle one writes at once.
+
+Two stages overlap. Stage 1 marks a batch done in the business database (``TableSource``); that
+is already durable: a chunk taken over later skips rows its fence finds done, so those slots
+are freed at once. Stage 2 saves the chunk progress and counters in the store; records of a
+pipeline without such a source are durable only then.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import queue
 import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sluice.store import Counts
@@ -25,21 +29,35 @@ if TYPE_CHECKING:
     from sluice.worker.worker import Running, Worker
 
 log = logging.getLogger("sluice.pipeline")
-_Step = tuple[dict[int, "Running"], list[tuple[int, int, Any, int, Counts]]]
+
+
+@dataclass(slots=True)
+class _Ack:
+    running: Running
+    index: int
+    record: Any
+    slot: bool  # holds a slot of the in-flight window
+    complete: bool  # still to be marked done in the pipeline's source
+
+
+@dataclass(slots=True)
+class _Batch:
+    acks: list[_Ack]
+    slots: int  # slots still held when stage 2 gets the batch
+    by_task: dict[int, Running]
+    items: list[tuple[int, int, Any, int, Counts]] | None  # None: stage 1 gave up
 
 
 class Acker:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
         self._cond = threading.Condition()
-        self._pending: list[tuple[Running, int, Any]] = []
-        self._slots_pending = 0  # how many of the pending records hold a window slot
+        self._pending: list[_Ack] = []
         self._inflight: dict[int, int] = defaultdict(int)  # task id -> unacknowledged records
         self._window = threading.BoundedSemaphore(max(1, worker.node.concurrency))
         self._stop = False
-        self._stage2: queue.Queue[tuple[list[Any], int, _Step | None] | None] = queue.Queue(2)
-        self._thread = threading.Thread(target=self._loop, name="sluice-acker", daemon=True)
-        self._thread.start()
+        self._stage2: queue.Queue[_Batch | None] = queue.Queue(2)
+        threading.Thread(target=self._complete_loop, name="sluice-acker", daemon=True).start()
         threading.Thread(target=self._checkpoint_loop, name="sluice-acker-store",
                          daemon=True).start()
 
@@ -51,12 +69,13 @@ class Acker:
         """Give the slot back for a record that will not be acknowledged (it failed)."""
         self._window.release()
 
-    def ack(self, running: Running, index: int, record: Any, slot: bool = True) -> None:
-        """The record succeeded: write its completion soon; its slot (if it took one with
-        :meth:`begin`) frees once written."""
+    def ack(self, running: Running, index: int, record: Any, slot: bool = True,
+            complete: bool = True) -> None:
+        """The record is done: write its completion soon. ``slot``: it holds a window slot
+        (taken with :meth:`begin`), freed once the completion is durable. ``complete=False``:
+        the source already shows it done (finished by a previous owner of the chunk)."""
         with self._cond:
-            self._pending.append((running, index, record))
-            self._slots_pending += slot
+            self._pending.append(_Ack(running, index, record, slot, complete))
             self._inflight[running.task.id] += 1
             self._cond.notify_all()
 
@@ -72,8 +91,9 @@ class Acker:
             self._stop = True
             self._cond.notify_all()
 
-    def _loop(self) -> None:
-        """Stage 1: gather a batch, mark it done in the sources, hand it to stage 2."""
+    # -- stage 1: the business database ---------------------------------------------------
+
+    def _complete_loop(self) -> None:
         while True:
             with self._cond:
                 while not self._pending and not self._stop:
@@ -81,43 +101,55 @@ class Acker:
                 if self._stop and not self._pending:
                     self._stage2.put(None)
                     return
-                batch, self._pending = self._pending, []
-                slots, self._slots_pending = self._slots_pending, 0
+                acks, self._pending = self._pending, []
+            slots = sum(a.slot for a in acks)
             try:
-                step: _Step | None = self._prepare(batch)
+                batch = self._complete(acks, slots)
             except Exception:
-                log.exception("acknowledging %d record(s) failed", len(batch))
-                step = None
-            if step is None:  # not marked done: their chunks stop and are taken over
-                self._give_up(batch)
-            self._stage2.put((batch, slots, step))
+                log.exception("acknowledging %d record(s) failed", len(acks))
+                batch = _Batch(acks, slots, {}, None)
+            if batch.items is None:  # not marked done: their chunks stop and are taken over
+                for a in acks:
+                    a.running.lost = True
+            freed = slots - batch.slots
+            for _ in range(freed):
+                self._window.release()
+            self._stage2.put(batch)
 
-    def _checkpoint_loop(self) -> None:
-        """Stage 2, in batch order: save the progress in the store, then free the slots. It
-        overlaps with stage 1's write of the next batch to the business database."""
-        while (item := self._stage2.get()) is not None:
-            batch, slots, step = item
-            try:
-                if step is not None:
-                    self._checkpoint(*step)
-            except Exception:
-                log.exception("acknowledging %d record(s) failed", len(batch))
-            finally:
-                with self._cond:
-                    for running, _, _ in batch:
-                        self._inflight[running.task.id] -= 1
-                    self._cond.notify_all()
-                for _ in range(slots):
-                    self._window.release()
+    def _complete(self, acks: list[_Ack], slots: int) -> _Batch:
+        by_task: dict[int, Running] = {}
+        to_complete: dict[int, list[Any]] = defaultdict(list)
+        executed: dict[int, int] = defaultdict(int)
+        for a in acks:
+            # only this thread touches "done"; stage 2 gets a sorted copy
+            a.running.extra.setdefault("done", set()).add(a.index)
+            by_task[a.running.task.id] = a.running
+            executed[a.running.task.id] += 1
+            if a.complete:
+                to_complete[a.running.task.id].append(a.record)
+        stale = retrying(self.w, "mark executed records done",
+                         lambda: self._complete_in_sources(by_task, to_complete))
+        if stale is None:
+            return _Batch(acks, slots, by_task, None)
+        items = [(r.task.id, r.task.token, {"done": sorted(r.extra["done"])}, r.task.run_id,
+                  Counts(executed=executed[task_id], stale=stale.get(task_id, 0)))
+                 for task_id, r in by_task.items()]
+        # records whose source completion is durable no longer hold their slot
+        durable = sum(a.slot for a in acks if self._source(a.running) is not None)
+        return _Batch(acks, slots - durable, by_task, items)
+
+    def _source(self, running: Running) -> Any:
+        source = self.w.app.pipelines[running.task.job].source
+        return source if source is not None and hasattr(source, "complete_many") else None
 
     def _complete_in_sources(self, by_task: dict[int, Running],
                              records: dict[int, list[Any]]) -> dict[int, int]:
         """Mark the records done where their source keeps state (TableSource), one call per
-        source, before acknowledging them to the store. Returns stale completions per task."""
+        source. Returns the stale completions (fenced off) per task."""
         per_source: dict[int, tuple[Any, list[int]]] = {}
-        for task_id, r in by_task.items():
-            source = self.w.app.pipelines[r.task.job].source
-            if source is not None and hasattr(source, "complete_many"):
+        for task_id, recs in records.items():
+            source = self._source(by_task[task_id])
+            if source is not None and recs:
                 per_source.setdefault(id(source), (source, []))[1].append(task_id)
         stale: dict[int, int] = {}
         for source, task_ids in per_source.values():
@@ -128,24 +160,23 @@ class Acker:
                 stale[t] = n
         return stale
 
-    def _prepare(self, batch: list[tuple[Running, int, Any]]) -> _Step | None:
-        by_task: dict[int, Running] = {}
-        records: dict[int, list[Any]] = defaultdict(list)
-        for running, index, record in batch:
-            # only this thread touches "done"; stage 2 gets a sorted copy
-            running.extra.setdefault("done", set()).add(index)
-            by_task[running.task.id] = running
-            records[running.task.id].append(record)
-        stale = retrying(self.w, "mark executed records done",
-                         lambda: self._complete_in_sources(by_task, records))
-        if stale is None:
-            return None
-        items = [
-            (r.task.id, r.task.token, {"done": sorted(r.extra["done"])},
-             r.task.run_id, Counts(executed=len(records[task_id]), stale=stale.get(task_id, 0)))
-            for task_id, r in by_task.items()
-        ]
-        return by_task, items
+    # -- stage 2: the store -----------------------------------------------------------------
+
+    def _checkpoint_loop(self) -> None:
+        """In batch order: save the progress in the store, then free the remaining slots."""
+        while (batch := self._stage2.get()) is not None:
+            try:
+                if batch.items is not None:
+                    self._checkpoint(batch.by_task, batch.items)
+            except Exception:
+                log.exception("acknowledging %d record(s) failed", len(batch.acks))
+            finally:
+                with self._cond:
+                    for a in batch.acks:
+                        self._inflight[a.running.task.id] -= 1
+                    self._cond.notify_all()
+                for _ in range(batch.slots):
+                    self._window.release()
 
     def _checkpoint(self, by_task: dict[int, Running],
                     items: list[tuple[int, int, Any, int, Counts]]) -> None:
@@ -153,10 +184,3 @@ class Acker:
                            lambda: self.w.store.task_checkpoint(items))
         for task_id in by_task if stale is None else stale:
             by_task[task_id].lost = True
-
-    @staticmethod
-    def _give_up(batch: list[tuple[Running, int, Any]]) -> None:
-        """These records ran but could not be acknowledged: their chunks end here without
-        finishing, their leases lapse, and another claim runs the records again."""
-        for running, _, _ in batch:
-            running.lost = True

@@ -160,17 +160,32 @@ def run_exec(w: Worker, r: Running) -> None:
     source = pipe.source
     if source is not None and hasattr(source, "fence") and todo:
         try:
-            fenced = retrying(w, "fence rows", lambda: source.fence(
-                payload.get("shard"), [records[i] for i in todo], r.task.token, w.node.id) or 1)
+            held = retrying(w, "fence rows", lambda: (source.fence(
+                payload.get("shard"), [records[i] for i in todo], r.task.token, w.node.id),))
         except PipelineError as exc:
             return _layer_error(w, r, pipe, "execute (fencing rows)", exc, contract=True)
-        if fenced is None:
+        if held is None:
             return  # the business database stayed away: the lease lapses, the chunk moves on
+        todo = _skip_finished(w, r, records, todo, held[0], source)
     failures = _execute_all(w, r, pipe, records, attempts, todo)
     acker(w).drain(r)
     if r.lost:
         return
     _finish_chunk(w, r, pipe, failures)
+
+
+def _skip_finished(w: Worker, r: Running, records: list[Any], todo: list[int], held: set[Any],
+                   source: Any) -> list[int]:
+    """Records the fence did not get were finished in the source by an earlier owner of this
+    chunk whose store checkpoint was lost with it: acknowledge them without running them."""
+    ack = acker(w)
+    runnable = []
+    for i in todo:
+        if source.key_of(records[i]) in held:
+            runnable.append(i)
+        else:
+            ack.ack(r, i, records[i], slot=False, complete=False)
+    return runnable
 
 
 def _execute_all(w: Worker, r: Running, pipe: Pipeline, records: list[Any],

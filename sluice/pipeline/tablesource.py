@@ -98,22 +98,36 @@ class TableSource:
                 "limit": limit}).mappings().all()
         return sorted((_jsonable(dict(r)) for r in rows), key=lambda r: r[self.key])
 
-    def fence(self, shard: Any, records: list[dict[str, Any]], token: int, owner: str) -> None:
+    def fence(self, shard: Any, records: list[dict[str, Any]], token: int,
+              owner: str) -> set[Any]:
         """Stamp a chunk's rows with its fencing token before they run (also takes parked rows
-        back from FAILED when they are retried). One statement for the chunk."""
+        back from FAILED when they are retried). Returns the keys (in their JSON form) of the
+        rows now held by ``token``: the others were finished meanwhile (DONE, or PENDING again
+        after a change) by an earlier owner of the chunk, and must not run again."""
         if not records:
-            return
+            return set()
         engine, table = self._prepare(shard)
         c, s = self.col, self.states
-        sql = text(f'UPDATE "{table}" SET "{c["lease_token"]}" = :token, "{c["status"]}" = '
-                   f':processing, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = '
-                   f':now + :lease WHERE "{self.key}" IN :keys AND "{c["lease_token"]}" < :token '
-                   f'AND "{c["status"]}" IN (:processing, :failed)'
-                   ).bindparams(bindparam("keys", expanding=True))
+        keys = [r[self.key] for r in records]
+        stamp = text(f'UPDATE "{table}" SET "{c["lease_token"]}" = :token, "{c["status"]}" = '
+                     f':processing, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = '
+                     f':now + :lease WHERE "{self.key}" IN :keys AND "{c["lease_token"]}" < '
+                     f':token AND "{c["status"]}" IN (:processing, :failed)'
+                     ).bindparams(bindparam("keys", expanding=True))
+        held = text(f'SELECT "{self.key}" FROM "{table}" WHERE "{self.key}" IN :keys AND '
+                    f'"{c["lease_token"]}" = :token AND "{c["status"]}" = :processing'
+                    ).bindparams(bindparam("keys", expanding=True))
         with engine.begin() as conn:
-            conn.execute(sql, {"token": token, "processing": s["processing"],
-                               "failed": s["failed"], "owner": owner, "now": self._now(conn),
-                               "lease": self.lease, "keys": [r[self.key] for r in records]})
+            conn.execute(stamp, {"token": token, "processing": s["processing"],
+                                 "failed": s["failed"], "owner": owner, "now": self._now(conn),
+                                 "lease": self.lease, "keys": keys})
+            rows = conn.execute(held, {"keys": keys, "token": token,
+                                       "processing": s["processing"]}).all()
+        return {_json_value(row[0]) for row in rows}
+
+    def key_of(self, record: dict[str, Any]) -> Any:
+        """A loaded record's key, comparable with what :meth:`fence` returns."""
+        return record[self.key]
 
     def complete(self, shard: Any, records: list[dict[str, Any]], token: int) -> int:
         """Mark executed rows DONE (or PENDING again if re-marked meanwhile); returns how many
@@ -238,12 +252,12 @@ def mark_pending(conn: Any, table: str, key: Any, *, key_column: str = "id",
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in row.items():
-        if v is None or isinstance(v, str | int | float | bool):
-            out[k] = v
-        elif isinstance(v, bytes | bytearray | memoryview):
-            out[k] = bytes(v).hex()
-        else:
-            out[k] = str(v)  # dates, decimals, UUIDs: their text form
-    return out
+    return {k: _json_value(v) for k, v in row.items()}
+
+
+def _json_value(v: Any) -> Any:
+    if v is None or isinstance(v, str | int | float | bool):
+        return v
+    if isinstance(v, bytes | bytearray | memoryview):
+        return bytes(v).hex()
+    return str(v)  # dates, decimals, UUIDs: their text form

@@ -476,6 +476,11 @@ class Store(ReadViews):
         that died, for alerts."""
         died: list[Row] = []
         with self.db.transaction() as tx:
+            # one reaper at a time (SQLite has one writer anyway): a dead node's work is then
+            # taken back, and its re-runs bounded, in one pass rather than split between nodes
+            lock = tx.one("reap_lock")
+            if not lock or not lock["got"]:
+                return died
             expired = tx.all("task_expired", limit=limit)
             # Once one lease of a dead node lapsed, take all its work back in this pass: its
             # in-flight window is then bounded once (see _rerun_bound), and recovery is sooner.

@@ -240,6 +240,12 @@ SELECT id, run_id, job, kind, parent_id, attempt, max_attempts, owner, token, pa
   FROM sluice_tasks t
  WHERE state = 'running' AND lease_until < {now} ORDER BY id LIMIT :limit {skip_locked}
 
+-- name: reap_lock
+SELECT 1 AS got
+
+-- name: reap_lock@postgresql
+SELECT pg_try_advisory_xact_lock(hashtext('sluice_reap')) AS got
+
 -- name: task_held_by_dead
 SELECT id, run_id, job, kind, parent_id, attempt, max_attempts, owner, token, payload, progress,
        (SELECT concurrency FROM sluice_nodes n WHERE n.id = t.owner) AS owner_concurrency
