@@ -9,8 +9,9 @@ writes large batches and an idle one writes at once.
 
 Two stages overlap. Stage 1 marks a batch done in the business database (``TableSource``); that
 is already durable: a chunk taken over later skips rows its fence finds done, so those slots
-are freed at once. Stage 2 saves the chunk progress and counters in the store; records of a
-pipeline without such a source are durable only then.
+are freed at once, and their counts reach the run when the chunk ends. Stage 2 saves chunk
+progress and counters in the store for pipelines without such a source, whose records are
+durable only then.
 """
 
 from __future__ import annotations
@@ -131,9 +132,17 @@ class Acker:
                          lambda: self._complete_in_sources(by_task, to_complete))
         if stale is None:
             return _Batch(acks, slots, by_task, None)
-        items = [(r.task.id, r.task.token, {"done": sorted(r.extra["done"])}, r.task.run_id,
-                  Counts(executed=executed[task_id], stale=stale.get(task_id, 0)))
-                 for task_id, r in by_task.items()]
+        items = []
+        for task_id, r in by_task.items():
+            if self._source(r) is not None:
+                # the rows themselves record completion; the counts go to the run with the
+                # chunk's end (_finish_chunk), saving a store write per batch
+                r.extra["executed"] = r.extra.get("executed", 0) + executed[task_id]
+                r.extra["stale"] = r.extra.get("stale", 0) + stale.get(task_id, 0)
+                continue
+            items.append((task_id, r.task.token, {"done": sorted(r.extra["done"])},
+                          r.task.run_id, Counts(executed=executed[task_id],
+                                                stale=stale.get(task_id, 0))))
         # records whose source completion is durable no longer hold their slot
         durable = sum(a.slot for a in acks if self._source(a.running) is not None)
         return _Batch(acks, slots - durable, by_task, items)
@@ -166,7 +175,7 @@ class Acker:
         """In batch order: save the progress in the store, then free the remaining slots."""
         while (batch := self._stage2.get()) is not None:
             try:
-                if batch.items is not None:
+                if batch.items:
                     self._checkpoint(batch.by_task, batch.items)
             except Exception:
                 log.exception("acknowledging %d record(s) failed", len(batch.acks))
@@ -182,5 +191,5 @@ class Acker:
                     items: list[tuple[int, int, Any, int, Counts]]) -> None:
         stale = with_store(self.w, "checkpoint executed records",
                            lambda: self.w.store.task_checkpoint(items))
-        for task_id in by_task if stale is None else stale:
+        for task_id in [item[0] for item in items] if stale is None else stale:
             by_task[task_id].lost = True

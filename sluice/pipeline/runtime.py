@@ -265,7 +265,8 @@ def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str
     if parked and pipe.source is not None and hasattr(pipe.source, "park"):
         pipe.source.park(payload.get("shard"), [p[0] for p in parked], r.task.token)
     # records re-run after a takeover are counted by the reaper (Store.task_reap)
-    counts = Counts(failed=len(failures), parked=len(parked))
+    counts = Counts(failed=len(failures), parked=len(parked),
+                    executed=r.extra.pop("executed", 0), stale=r.extra.pop("stale", 0))
     out = with_store(w, "finish chunk", lambda: w.store.task_finish_chunk(
         r.task.id, r.task.token, counts, retry, parked, str(payload.get("shard"))))
     if out is None or out.stale:

@@ -68,6 +68,8 @@ class Worker:
         self.offset = 0.0  # database clock minus this machine's clock
         self._next_fire: float | None = None  # database time of the earliest next firing
         self._jobs_dirty = True
+        self._runs_checked = 0.0  # monotonic time of the last look for ready runs
+        self._runs_dirty = True  # a "runs" wake-up came since that look
         self.plugins: dict[str, Any] = {}  # per-node helpers (the record acker, rate gates)
         self.started = time.monotonic()
         self.stats = NodeStats()  # what this node executed (heartbeat info, /metrics)
@@ -87,7 +89,7 @@ class Worker:
                 except StoreError as exc:
                     log.warning("store unavailable, retrying: %s", exc)
                     self.stopping.wait(min(5.0, self.settings.heartbeat))
-                    self._jobs_dirty = True
+                    self._jobs_dirty = self._runs_dirty = True
                 self.wake.wait(self._sleep_time())
         finally:
             self._drain()
@@ -140,6 +142,12 @@ class Worker:
                                      details=f.stats))
 
     def _start_ready_runs(self) -> None:
+        # Runs become ready by a trigger or when a queued run's turn comes; both notify. Between
+        # notifications look only once per poll interval, not on every pass of the loop.
+        now = time.monotonic()
+        if not self._runs_dirty and now - self._runs_checked < self.settings.poll():
+            return
+        self._runs_dirty, self._runs_checked = False, now
         for row in self.store.run_ready():
             job = self.app.jobs.get(row["job"])
             if job is not None:
@@ -247,6 +255,8 @@ class Worker:
     def _on_notify(self, channel: str) -> None:
         if channel in ("jobs", "runs", "*"):
             self._jobs_dirty = True
+        if channel in ("runs", "*"):
+            self._runs_dirty = True
         self.wake.set()
 
     def _register(self) -> None:
