@@ -9,7 +9,7 @@ import time
 import pytest
 
 from sluice.errors import SchemaError
-from sluice.store import Firing, Store, TaskPlan
+from sluice.store import SCHEMA_VERSION, Firing, Store, TaskPlan
 from sluice.store.drivers import SQLiteDriver
 
 
@@ -28,8 +28,8 @@ def _job(store: Store, name: str = "j", next_fire: float | None = None) -> float
 
 
 def test_migration_is_idempotent_and_refuses_a_newer_schema(store, store_url):
-    assert store.migrate() == 1
-    assert Store.open(store_url).migrate() == 1
+    assert store.migrate() == SCHEMA_VERSION
+    assert Store.open(store_url).migrate() == SCHEMA_VERSION
     with store.db.transaction() as tx:
         tx._cur.execute("UPDATE sluice_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(SchemaError, match="newer"):
