@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.rate")
 WINDOW = 10.0  # seconds of history behind the reported achieved rate
 FRESH_BEATS = 2.5  # a node missing this many heartbeats no longer gets a share
+CATCH_UP = 0.25  # seconds of missed permits a node that fell behind may still take
 
 
 class GlobalBucket:
@@ -174,7 +175,7 @@ class RateGate:
                 log.info("%s: rate %.1f/s on this node (%d live node(s), cluster %g/s)",
                          rate.spec.name, share, nodes, qps)
         else:
-            rate.limiter = SmoothLimiter(share, warmup=rate.spec.warmup)
+            rate.limiter = SmoothLimiter(share, warmup=rate.spec.warmup, catch_up=CATCH_UP)
             log.info("%s: rate %.1f/s on this node (%d live node(s), cluster %g/s)",
                      rate.spec.name, share, nodes, qps)
         rate.qps, rate.share = qps, share

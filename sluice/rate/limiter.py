@@ -64,6 +64,11 @@ class SmoothLimiter:
 
     ``reserve`` books permits and returns how long the caller must wait; the blocking facades
     sleep outside the lock. A reservation is final: a cancelled ``aacquire`` still used its permits.
+
+    ``catch_up`` (seconds, default 0, at most 1) lets callers that fell behind by less than that
+    take the permits they missed at once: a loaded process whose threads stall for 100 ms keeps
+    its mean rate instead of losing those permits. Only idleness beyond it cools the limiter.
+    Either way no more than one second's permits are ever granted at once.
     """
 
     def __init__(
@@ -71,10 +76,14 @@ class SmoothLimiter:
         rate: float,
         *,
         warmup: float = 1.0,
+        catch_up: float = 0.0,
         clock: Callable[[], int] = time.monotonic_ns,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self._stable_ns = _interval_ns(rate)
+        self._catch_up_ns = _seconds_ns("catch_up", catch_up)
+        if self._catch_up_ns > NS:
+            raise ConfigError(f"catch_up must be at most 1 second, got {catch_up!r}")
         self._rate = float(rate)
         self._warmup_ns = _seconds_ns("warmup", warmup)
         self._clock = clock
@@ -149,14 +158,20 @@ class SmoothLimiter:
     def _max_credit_ns(self, stable_ns: int) -> int:
         if self._warmup_ns:
             return self._warmup_ns
-        # One second's worth of permits at once: the stored ones plus the one granted on credit.
-        return max(NS - stable_ns, 0)
+        # One second's worth of permits at once: the stored ones plus the one granted on credit
+        # (and the missed ones a late caller may catch up on).
+        return max(NS - stable_ns - self._catch_up_ns, 0)
 
     def _resync(self, now: int) -> None:
-        """Turn idle time since ``next_free`` into stored credit (up to the bucket size)."""
-        if now > self._next_free_ns:
-            self._credit_ns = min(self._max_ns, self._credit_ns + now - self._next_free_ns)
-            self._next_free_ns = now
+        """Turn idle time since ``next_free`` into stored credit (up to the bucket size).
+
+        The last ``catch_up`` of it is not idleness but lateness: callers that fell behind by
+        less than that (a stalled thread, a slow commit) still get the permits they missed, at
+        once, instead of losing them; only the time beyond it cools the limiter."""
+        idle = now - self._catch_up_ns - self._next_free_ns
+        if idle > 0:
+            self._credit_ns = min(self._max_ns, self._credit_ns + idle)
+            self._next_free_ns = now - self._catch_up_ns
 
     def _reserve_locked(self, permits: int, now: int) -> int:
         self._resync(now)
@@ -166,7 +181,7 @@ class SmoothLimiter:
         cost = self._stored_cost_ns(self._credit_ns - spend, self._credit_ns) + wanted - spend
         self._credit_ns -= spend
         self._next_free_ns = start + cost
-        return start - now
+        return max(0, start - now)
 
     def _stored_cost_ns(self, low: int, high: int) -> int:
         """Time cost of spending stored credit ``[low, high]``: the integral of the curve."""
