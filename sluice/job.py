@@ -118,7 +118,7 @@ def declare(name: str, func: Callable[..., Any] | None, *, kind: str = "job",
             shards: Any = None, overlap: str = "skip", misfire: str = "fire_once",
             catch_up_limit: int = 10, misfire_grace: Any = 5.0, max_attempts: int = 1,
             backoff: Any = (1.0, 300.0), timeout: Any = None, qps: Any = None,
-            warmup: Any = 1.0, rate_mode: str = "local",
+            warmup: Any = None, rate_mode: str = "local",
             options: dict[str, Any] | None = None) -> JobSpec:
     """Validate a declaration; every error names the job, the field and what is allowed."""
     where = f"job {name!r}"
@@ -158,13 +158,16 @@ def interval_of(schedule: Schedule | None) -> float:
 def _rate(where: str, kind: str, routing: str, schedule: Schedule | None, qps: Any,
           warmup: Any, rate_mode: Any) -> dict[str, Any]:
     """The rate options: ``qps`` (records per second, cluster-wide), ``warmup`` (seconds a cold
-    limiter takes to reach it, at most the interval) and ``rate_mode``."""
+    limiter takes to reach it; default 1 s or the interval if shorter, at most the interval)
+    and ``rate_mode``."""
     if qps is not None and kind == "job" and routing == "single":
         raise ConfigError(f"{where}: qps= applies to pipelines and to jobs with "
                           "routing='sharded' or 'broadcast' (whose handlers call ctx.acquire())")
     qps_value = None if qps is None else positive_number(where, "qps", qps)
-    warm = seconds(warmup, "warmup", where, allow_zero=True)
     interval = interval_of(schedule)
+    if warmup is None:  # 1 s, or the whole interval when that is shorter
+        warmup = min(1.0, interval)
+    warm = seconds(warmup, "warmup", where, allow_zero=True)
     if warm > interval:
         raise ConfigError(f"{where}: warmup={warm:g}s is longer than the interval "
                           f"({interval:g}s); allowed: 0 to {interval:g} seconds")

@@ -55,15 +55,16 @@ class Pipeline:
     ``record_backoff=(0.5, 30)`` seconds, ``source`` (e.g. ``TableSource``).
 
     Rate: ``qps`` (records executed per second over the whole cluster; default None, no
-    limit), ``warmup=1.0`` (seconds a cold node takes to reach its share, from a third of it;
-    at most the interval), ``rate_mode="local"`` (each node holds its share of ``qps``, divided
-    over live membership) or ``"global"`` (every permit from one shared bucket in the store).
+    limit), ``warmup`` (seconds a cold node takes to reach its share, from a third of it;
+    default 1, or the interval if shorter; at most the interval), ``rate_mode="local"`` (each
+    node holds its share of ``qps``, divided over live membership) or ``"global"`` (every
+    permit from one shared bucket in the store).
     """
 
     def __init__(self, app: App, name: str, *, groups: int | list[str] | None = None,
                  group_takeover: bool = True, batch: int | None = None, chunk_size: int = 100,
                  max_attempts: int = 5, record_backoff: Any = (0.5, 30.0), source: Any = None,
-                 qps: float | None = None, warmup: float = 1.0, rate_mode: str = "local",
+                 qps: float | None = None, warmup: float | None = None, rate_mode: str = "local",
                  **schedule: Any) -> None:
         where = f"pipeline {name!r}"
         self.app = app
