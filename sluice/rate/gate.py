@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sluice.rate.limiter import SmoothLimiter
-from sluice.rate.share import Member, members_from_rows, serving, shares
+from sluice.rate.share import Member, as_seen_by, members_from_rows, serving, shares
 
 if TYPE_CHECKING:
     from sluice.job import JobSpec
@@ -162,7 +162,8 @@ class RateGate:
                 self._set_global(rate, float(qps))
                 continue
             groups, takeover = self._groups_of(name)
-            live = serving(name, members, fresh, self.me())
+            live = as_seen_by(self.node_id, serving(name, members, fresh, self.me()),
+                              rate.spec.warmup)
             share = shares(float(qps), live, groups, takeover).get(self.node_id, 0.0)
             if share <= 0:  # this node takes none of the job's work; keep a token rate
                 share = float(qps) * self.weight / sum(m.weight for m in live)
