@@ -26,7 +26,11 @@ log = logging.getLogger("sluice.pipeline")
 class Acker:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
+        # The writer waits on the condition; each chunk thread on its own event, set when its
+        # last acknowledgement is written. (One condition for all woke every waiting thread on
+        # every ack: at thousands of records a second that was most of a busy node's CPU.)
         self._cond = threading.Condition()
+        self._written: dict[int, threading.Event] = {}  # task id -> all its acks written
         self._pending: list[tuple[Running, int, Any]] = []
         self._inflight: dict[int, int] = defaultdict(int)  # task id -> unacknowledged records
         self._stop = False
@@ -37,19 +41,27 @@ class Acker:
         with self._cond:
             self._pending.append((running, index, record))
             self._inflight[running.task.id] += 1
-            self._cond.notify_all()
+            self._written.setdefault(running.task.id, threading.Event()).clear()
+            self._cond.notify()  # only the writer waits on the condition
 
     def drain(self, running: Running) -> None:
         """Wait until every acknowledgement of this task is written."""
-        with self._cond:
-            while self._inflight.get(running.task.id, 0) > 0 and not self._stop:
-                self._cond.wait(0.5)
-            self._inflight.pop(running.task.id, None)
+        task_id = running.task.id
+        while True:
+            with self._cond:
+                if self._inflight.get(task_id, 0) <= 0 or self._stop:
+                    self._inflight.pop(task_id, None)
+                    self._written.pop(task_id, None)
+                    return
+                written = self._written[task_id]
+            written.wait(0.5)
 
     def stop(self) -> None:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+            for written in self._written.values():
+                written.set()
 
     def _loop(self) -> None:
         while True:
@@ -66,8 +78,10 @@ class Acker:
             finally:
                 with self._cond:
                     for running, _, _ in batch:
-                        self._inflight[running.task.id] -= 1
-                    self._cond.notify_all()
+                        task_id = running.task.id
+                        self._inflight[task_id] -= 1
+                        if self._inflight[task_id] <= 0 and task_id in self._written:
+                            self._written[task_id].set()
 
     def _complete_in_sources(self, by_task: dict[int, Running],
                              records: dict[int, list[Any]]) -> None:
