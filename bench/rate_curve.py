@@ -178,7 +178,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--shards", type=int, default=40)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--concurrency", type=int, default=24)
     ap.add_argument("--png", default=str(ROOT / "bench" / "rate_curve.png"))
     args = ap.parse_args()
     print(f"machine: {machine(PG)}")

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.rate")
 WINDOW = 10.0  # seconds of history behind the reported achieved rate
 FRESH_BEATS = 2.5  # a node missing this many heartbeats no longer gets a share
-CATCH_UP = 0.25  # seconds of missed permits a node that fell behind may still take
+CATCH_UP = 0.1  # seconds of missed permits a node that fell behind may still take (a 10% burst)
 
 
 class GlobalBucket:

@@ -29,7 +29,7 @@ app = sluice.App(heartbeat=HEARTBEAT, node_ttl=max(2.0, 4 * HEARTBEAT),
                  lease_ttl=max(2.0, 4 * HEARTBEAT), drain_timeout=2.0)
 if STATIC:
     flow = app.pipeline("flow", batch=classic_limit(QPS, 5.0, SHARDS))
-    _static: SmoothLimiter | None = SmoothLimiter(STATIC, warmup=1.0, catch_up=0.25)
+    _static: SmoothLimiter | None = SmoothLimiter(STATIC, warmup=1.0, catch_up=0.1)
 else:
     flow = app.pipeline("flow", qps=QPS, rate_mode=os.environ.get("RATE_MODE", "local"),
                         warmup=float(os.environ.get("RATE_WARMUP", "1")))
