@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -422,3 +423,31 @@ def test_status_of_a_job_with_no_live_node(sqlite_url: str, tmp_path: Path) -> N
     assert out.returncode == 0, out.stderr
     assert "target 1,000.0/s, mode local" in out.stdout
     assert "achieved (last 10 s): - over 0 live node(s)" in out.stdout
+
+
+def test_weight_setting_is_validated_and_reaches_the_gate(monkeypatch: pytest.MonkeyPatch,
+                                                          sqlite_url: str) -> None:
+    from sluice.config import Settings
+    from sluice.rate.gate import for_worker
+
+    with pytest.raises(ConfigError, match="weight"):
+        Settings.load(weight=0)
+    monkeypatch.setenv("SLUICE_WEIGHT", "2.5")
+    assert Settings.load().weight == 2.5
+    monkeypatch.setenv("SLUICE_WEIGHT", "heavy")
+    with pytest.raises(ConfigError, match="SLUICE_WEIGHT"):
+        Settings.load()
+    monkeypatch.delenv("SLUICE_WEIGHT")
+
+    class FakeWorker:  # what for_worker reads of a worker
+        def __init__(self, app: sluice.App, **settings: Any) -> None:
+            self.app, self.settings = app, app.settings.with_(**settings)
+            self.node = types.SimpleNamespace(id="me", group=None)
+            self.store, self.plugins = None, {}
+
+    app = sluice.App(sqlite_url)
+    assert for_worker(FakeWorker(app)) is None, "no pipeline nor sharded/broadcast job"
+    app.pipeline("flow", qps=10)
+    assert for_worker(FakeWorker(app, concurrency=4)).weight == 4  # type: ignore[union-attr]
+    gate_ = for_worker(FakeWorker(app, weight=1.5))
+    assert gate_ is not None and gate_.weight == 1.5 and gate_.serves == ["flow"]
