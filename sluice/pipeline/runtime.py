@@ -98,9 +98,10 @@ def _load_size(w: Worker, r: Running, pipe: Pipeline) -> int | None:
     qps = w.overrides.get(pipe.name, {}).get("qps", pipe.spec.qps)
     if pipe.batch is not None or not qps:
         return int(r.task.payload["limit"])
-    backlog, loaders = w.store.rate_backlog(pipe.name)
-    size = load_size(qps, pipe.interval(), int(r.task.payload.get("nshards") or 1), backlog,
-                     loaders)
+    counted = with_store(w, "read the backlog", lambda: w.store.rate_backlog(pipe.name))
+    if counted is None:  # the store is away: the classic size, as computed at split
+        return int(r.task.payload["limit"])
+    size = load_size(qps, pipe.interval(), int(r.task.payload.get("nshards") or 1), *counted)
     gate = w.plugins.get("rate")
     if size.limit == 0:
         with_store(w, "defer load", lambda: w.store.task_release(r.task.id, r.task.token,
