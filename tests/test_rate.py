@@ -22,7 +22,7 @@ from sluice.errors import ConfigError
 from sluice.rate.gate import GlobalBucket, RateGate
 from sluice.rate.limiter import NS, SmoothLimiter, gcra_reserve
 from sluice.rate.report import plan
-from sluice.rate.share import Member, as_seen_by, members_from_rows, serving, shares
+from sluice.rate.share import Member, members_from_rows, serving, shares
 from sluice.rate.sizing import classic_limit, load_size
 from sluice.store import Store
 from tests.helpers import ROOT, wait_for, worker_thread
@@ -72,27 +72,12 @@ def test_nodes_without_a_group_serve_every_group() -> None:
     assert shares(400, members, ["A", "B"]) == pytest.approx({"a1": 200, "any": 200})
 
 
-def test_a_joiner_counts_as_it_warms_up_so_the_others_give_way_gradually() -> None:
-    old = [m("a"), m("b"), m("c")]
-    joiner = Member(id="new", weight=8, serves=frozenset({"flow"}), uptime=0.0)
-    seen = as_seen_by("a", [*old, joiner], warmup=1.0)
-    assert [x.weight for x in seen] == pytest.approx([8, 8, 8, 8 / 3])
-    # A cold joiner delivers a third of its full share; the others take 8 / 26.67 each.
-    total = 3 * shares(1500, seen)["a"] + shares(1500, [*old, joiner])["new"] / 3
-    assert total == pytest.approx(1500, rel=0.03)
-    half = Member(id="new", weight=8, serves=frozenset({"flow"}), uptime=0.5)
-    assert as_seen_by("a", [half], 1.0)[0].weight == pytest.approx(8 * 2 / 3)
-    assert as_seen_by("new", [joiner], 1.0)[0].weight == 8, "a node counts itself in full"
-    assert as_seen_by("a", [joiner], 0.0)[0].weight == 8, "no warm-up, no ramp"
-
-
 def test_members_from_heartbeat_rows() -> None:
-    rows = [{"id": "n1", "concurrency": 8, "grp": "A", "age": 0.4, "started_at": 100.0,
-             "heartbeat_at": 102.0, "info": {"rate": {"weight": 2.5, "serves": ["flow"]}}},
+    rows = [{"id": "n1", "concurrency": 8, "grp": "A", "age": 0.4,
+             "info": {"rate": {"weight": 2.5, "serves": ["flow"]}}},
             {"id": "n2", "concurrency": 4, "grp": None, "age": 0.1, "info": {}}]
     one, two = members_from_rows(rows)
     assert (one.weight, one.group, one.serves, one.age) == (2.5, "A", frozenset({"flow"}), 0.4)
-    assert one.uptime == pytest.approx(2.4) and two.uptime == float("inf")
     assert (two.weight, two.serves) == (4.0, frozenset())
 
 
@@ -196,6 +181,28 @@ def test_gate_divides_over_live_rows_and_follows_overrides() -> None:
     assert g.rate_of("flow") == pytest.approx(150)
     assert g.info()["jobs"]["flow"]["share"] == pytest.approx(150)
     assert g.info()["serves"] == ["flow"] and g.info()["weight"] == 8
+
+
+def test_a_node_joining_a_busy_cluster_starts_warm_and_a_cold_cluster_starts_cold() -> None:
+    busy = row("b")
+    busy["info"]["rate"]["jobs"] = {"flow": {"achieved": 150.0}}
+    joiner = gate()
+    joiner.refresh([row("me"), busy], {}, now=100.0)
+    first = joiner.jobs["flow"].limiter
+    assert isinstance(first, SmoothLimiter)
+    assert first.reserve(1) == 0 and 0 < first.reserve(1) <= NS / 150 + 1000  # stable spacing
+    cold = gate()
+    cold.refresh([row("me"), row("b")], {}, now=100.0)
+    limiter = cold.jobs["flow"].limiter
+    assert isinstance(limiter, SmoothLimiter)
+    limiter.reserve(1)
+    assert limiter.reserve(1) >= 2.9 * NS / 150  # three stable intervals: cold
+
+
+def test_limiter_started_warm_has_no_warm_up() -> None:
+    clock = Clock()
+    warm = SmoothLimiter(10, warmup=1.0, cold=False, clock=clock)
+    assert [warm.reserve(1) for _ in range(3)] == [0, NS // 10, 2 * NS // 10]
 
 
 def test_gate_without_qps_does_not_wait_and_counts_what_it_grants() -> None:

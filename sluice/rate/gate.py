@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sluice.rate.limiter import SmoothLimiter
-from sluice.rate.share import Member, as_seen_by, members_from_rows, serving, shares
+from sluice.rate.share import Member, members_from_rows, serving, shares
 
 if TYPE_CHECKING:
     from sluice.job import JobSpec
@@ -162,21 +162,24 @@ class RateGate:
                 self._set_global(rate, float(qps))
                 continue
             groups, takeover = self._groups_of(name)
-            live = as_seen_by(self.node_id, serving(name, members, fresh, self.me()),
-                              rate.spec.warmup)
+            live = serving(name, members, fresh, self.me())
             share = shares(float(qps), live, groups, takeover).get(self.node_id, 0.0)
             if share <= 0:  # this node takes none of the job's work; keep a token rate
                 share = float(qps) * self.weight / sum(m.weight for m in live)
-            self._set_local(rate, float(qps), share, len(live))
+            self._set_local(rate, float(qps), share, len(live), busy=_busy(name, rows, live))
 
-    def _set_local(self, rate: JobRate, qps: float, share: float, nodes: int) -> None:
+    def _set_local(self, rate: JobRate, qps: float, share: float, nodes: int,
+                   busy: bool) -> None:
         if isinstance(rate.limiter, SmoothLimiter):
             if abs(rate.limiter.rate - share) > 1e-9 * share:
                 rate.limiter.set_rate(share)
                 log.info("%s: rate %.1f/s on this node (%d live node(s), cluster %g/s)",
                          rate.spec.name, share, nodes, qps)
         else:
-            rate.limiter = SmoothLimiter(share, warmup=rate.spec.warmup, catch_up=CATCH_UP)
+            # Warm-up protects the downstream: a node joining while others keep it busy
+            # starts warm (starting cold, it would also sit on the chunks it claimed).
+            rate.limiter = SmoothLimiter(share, warmup=rate.spec.warmup, catch_up=CATCH_UP,
+                                         cold=not busy)
             log.info("%s: rate %.1f/s on this node (%d live node(s), cluster %g/s)",
                      rate.spec.name, share, nodes, qps)
         rate.qps, rate.share = qps, share
@@ -209,6 +212,16 @@ class RateGate:
                           "achieved": None if achieved is None else round(achieved, 2),
                           "loader": rate.loader}
         return {"weight": self.weight, "serves": self.serves, "jobs": jobs}
+
+
+def _busy(job: str, rows: list[dict[str, Any]], live: list[Member]) -> bool:
+    """Whether other live nodes report work done on ``job`` over their last 10 s."""
+    ids = {m.id for m in live}
+    for row in rows:
+        jobs = ((row.get("info") or {}).get("rate") or {}).get("jobs") or {}
+        if row["id"] in ids and (jobs.get(job) or {}).get("achieved"):
+            return True
+    return False
 
 
 def for_worker(w: Any) -> RateGate | None:

@@ -69,6 +69,10 @@ class SmoothLimiter:
     take the permits they missed at once: a loaded process whose threads stall for 100 ms keeps
     its mean rate instead of losing those permits. Only idleness beyond it cools the limiter.
     Either way no more than one second's permits are ever granted at once.
+
+    ``cold=False`` starts a warming-up limiter warm, as if it had just been saturated: for a
+    new caller of a downstream that others keep busy (warm-up protects the downstream, which is
+    not cold because this caller is new).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class SmoothLimiter:
         *,
         warmup: float = 1.0,
         catch_up: float = 0.0,
+        cold: bool = True,
         clock: Callable[[], int] = time.monotonic_ns,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
@@ -90,8 +95,9 @@ class SmoothLimiter:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._max_ns = self._max_credit_ns(self._stable_ns)
-        # Warming-up limiters start cold (full of expensive credit), bursty ones start empty.
-        self._credit_ns = self._max_ns if self._warmup_ns else 0
+        # Warming-up limiters start cold (full of expensive credit) unless told the downstream
+        # is already warm; bursty ones start empty.
+        self._credit_ns = self._max_ns if self._warmup_ns and cold else 0
         self._next_free_ns = clock()
 
     @property

@@ -26,7 +26,6 @@ class Member:
     group: str | None = None
     serves: frozenset[str] = frozenset()
     age: float = 0.0  # seconds since its last heartbeat, on the database clock
-    uptime: float = float("inf")  # seconds since it registered, on the database clock
 
 
 def members_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[Member]:
@@ -34,31 +33,9 @@ def members_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[Member]:
     out = []
     for row in rows:
         rate = (row.get("info") or {}).get("rate") or {}
-        age = float(row.get("age") or 0.0)
-        uptime = float("inf")
-        if row.get("started_at") is not None and row.get("heartbeat_at") is not None:
-            uptime = row["heartbeat_at"] + age - row["started_at"]
         out.append(Member(id=row["id"], weight=float(rate.get("weight") or row["concurrency"]),
                           group=row.get("grp"), serves=frozenset(rate.get("serves") or ()),
-                          age=age, uptime=uptime))
-    return out
-
-
-def as_seen_by(me: str, members: list[Member], warmup: float) -> list[Member]:
-    """The members with the weight each other node can deliver now: one that joined less than
-    ``warmup`` ago is still ramping up from a third of its rate (its limiter starts cold), so it
-    counts for ``1/3 + 2/3 × uptime / warmup`` of its weight. Counting it in full at once would
-    leave the cluster short of up to two thirds of the joiner's share while it warms up; this
-    way the others give way as it ramps, and the sum stays within a few percent of ``qps``."""
-    if warmup <= 0:
-        return members
-    out = []
-    for m in members:
-        if m.id != me and m.uptime < warmup:
-            ramp = 1 / 3 + 2 / 3 * max(0.0, m.uptime) / warmup
-            m = Member(id=m.id, weight=m.weight * ramp, group=m.group, serves=m.serves,
-                       age=m.age, uptime=m.uptime)
-        out.append(m)
+                          age=float(row.get("age") or 0.0)))
     return out
 
 
