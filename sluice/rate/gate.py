@@ -37,8 +37,9 @@ CATCH_UP = 0.1  # seconds of missed permits a node that fell behind may still ta
 
 class GlobalBucket:
     """Strict mode: permits booked on one shared GCRA bucket in the store, ``batch`` per round
-    trip, handed out locally at the bucket's spacing. Exact whatever the number of nodes (no
-    burst: a quiet bucket starts at once, then one permit per ``1 / qps``)."""
+    trip, handed out locally at the bucket's spacing. Exact whatever the number of nodes: one
+    permit per ``1 / qps``, and slots nobody booked in the last ``CATCH_UP`` seconds may
+    still be booked (nodes busy with their previous batch do not lose them)."""
 
     def __init__(self, store: Store, name: str, qps: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -62,8 +63,8 @@ class GlobalBucket:
             emission = 1.0 / self.rate
             if self._left < permits:
                 size = max(permits, self.batch())
-                wait = self.store.rate_reserve(self.name, size, emission)
-                self._next = max(self._next, self._clock() + wait)
+                due = self.store.rate_reserve(self.name, size, emission, catch_up=CATCH_UP)
+                self._next = self._clock() + due  # in the past when catching up
                 self._left = size
             start = self._next
             self._next += permits * emission

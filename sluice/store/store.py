@@ -505,16 +505,19 @@ class Store:
 
     # -- rate ----------------------------------------------------------------------------
 
-    def rate_reserve(self, name: str, permits: int, emission: float,
-                     burst: float = 0.0) -> float:
+    def rate_reserve(self, name: str, permits: int, emission: float, burst: float = 0.0,
+                     catch_up: float = 0.0) -> float:
         """Book ``permits`` on the shared GCRA bucket ``name`` (one per strictly limited job);
-        returns the seconds the caller waits before using them. ``emission`` is the interval
-        per permit (1 / rate); ``burst`` the seconds of permits a quiet bucket may hand out at
-        once (0: pure spacing). Same arithmetic as ``sluice.rate.limiter.gcra_reserve``."""
+        returns the seconds until the first of them is due: positive, wait that long;
+        negative (down to ``-catch_up``), they were due that long ago. ``emission`` is the
+        interval per permit (1 / rate); ``burst`` the seconds of permits that may be handed
+        out at once; ``catch_up`` how far back a bucket nobody booked may still be booked
+        (the slots of the last ``catch_up`` seconds are not lost). Same arithmetic as
+        ``sluice.rate.limiter.gcra_reserve``, which has ``catch_up = 0``."""
         with self.db.transaction() as tx:
-            row = tx.one("rate_reserve", name=name, cost=permits * emission)
+            row = tx.one("rate_reserve", name=name, cost=permits * emission, catch_up=catch_up)
         assert row is not None
-        return max(0.0, float(row["base"]) - burst - float(row["now"]))
+        return float(row["base"]) - burst - float(row["now"])
 
     def rate_backlog(self, job: str) -> tuple[int, int]:
         """Records of ``job``'s active runs loaded and not yet executed (nor parked), and the

@@ -321,14 +321,16 @@ UPDATE sluice_tasks SET state = 'pending', owner = NULL, lease_until = NULL,
  WHERE id = :id AND token = :token AND state = 'running'
 
 -- name: rate_reserve
+-- GCRA: tat = max(tat, now - catch_up) + cost; excluded.tat is now + cost.
 INSERT INTO sluice_rate_buckets (name, tat) VALUES (:name, {now} + :cost)
-ON CONFLICT (name) DO UPDATE SET tat = max(sluice_rate_buckets.tat, excluded.tat - :cost) + :cost
+ON CONFLICT (name) DO UPDATE
+   SET tat = max(sluice_rate_buckets.tat, excluded.tat - :cost - :catch_up) + :cost
 RETURNING tat - :cost AS base, {now} AS now
 
 -- name: rate_reserve@postgresql
 INSERT INTO sluice_rate_buckets (name, tat) VALUES (:name, {now} + :cost)
 ON CONFLICT (name) DO UPDATE
-   SET tat = GREATEST(sluice_rate_buckets.tat, excluded.tat - :cost) + :cost
+   SET tat = GREATEST(sluice_rate_buckets.tat, excluded.tat - :cost - :catch_up) + :cost
 RETURNING tat - :cost AS base, {now} AS now
 
 -- name: rate_backlog
