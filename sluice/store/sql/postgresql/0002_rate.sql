@@ -9,3 +9,7 @@ CREATE TABLE sluice_rate_buckets (
 -- tasks, thousands of done chunks, stay out of it).
 CREATE INDEX sluice_tasks_open_loads ON sluice_tasks (run_id)
     WHERE kind = 'load' AND state IN ('pending', 'running', 'waiting');
+
+-- Running tasks are rewritten on every group commit of their records (progress): leave room
+-- in each page so those updates stay HOT (no new index entries, pruned in place).
+ALTER TABLE sluice_tasks SET (fillfactor = 50);
