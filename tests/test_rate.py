@@ -191,12 +191,18 @@ def test_a_node_joining_a_busy_cluster_starts_warm_and_a_cold_cluster_starts_col
     first = joiner.jobs["flow"].limiter
     assert isinstance(first, SmoothLimiter)
     assert first.reserve(1) == 0 and 0 < first.reserve(1) <= NS / 150 + 1000  # stable spacing
+    # ... one heartbeat after the others have seen it and given way.
+    assert 0 < joiner.jobs["flow"].hold_until - time.monotonic() <= 0.5
+    started = time.monotonic()
+    joiner.acquire("flow")
+    assert time.monotonic() - started >= 0.3
     cold = gate()
     cold.refresh([row("me"), row("b")], {}, now=100.0)
     limiter = cold.jobs["flow"].limiter
     assert isinstance(limiter, SmoothLimiter)
     limiter.reserve(1)
     assert limiter.reserve(1) >= 2.9 * NS / 150  # three stable intervals: cold
+    assert cold.jobs["flow"].hold_until == 0.0, "a cold cluster starts together, at once"
 
 
 def test_limiter_started_warm_has_no_warm_up() -> None:

@@ -95,6 +95,7 @@ class JobRate:
     granted: int = 0
     history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
     loader: int | None = None  # the last load size this node used (pipelines)
+    hold_until: float = 0.0  # monotonic time before which a joining node grants nothing
 
 
 class RateGate:
@@ -125,21 +126,30 @@ class RateGate:
         rate = self.jobs.get(job)
         if rate is None:
             return 0.0
+        held = self._held(rate)
+        if held:
+            time.sleep(held)
         limiter = rate.limiter
         waited = limiter.acquire(permits) if limiter is not None else 0.0
         with self._lock:
             rate.granted += permits
-        return waited
+        return held + waited
+
+    def _held(self, rate: JobRate) -> float:
+        return max(0.0, rate.hold_until - time.monotonic()) if rate.hold_until else 0.0
 
     async def aacquire(self, job: str, permits: int = 1) -> float:
         rate = self.jobs.get(job)
         if rate is None:
             return 0.0
+        held = self._held(rate)
+        if held:
+            await asyncio.sleep(held)
         limiter = rate.limiter
         waited = await limiter.aacquire(permits) if limiter is not None else 0.0
         with self._lock:
             rate.granted += permits
-        return waited
+        return held + waited
 
     def rate_of(self, job: str) -> float | None:
         """This node's current permits per second for ``job`` (None: unlimited)."""
@@ -178,9 +188,13 @@ class RateGate:
                          rate.spec.name, share, nodes, qps)
         else:
             # Warm-up protects the downstream: a node joining while others keep it busy
-            # starts warm (starting cold, it would also sit on the chunks it claimed).
+            # starts warm (starting cold, it would also sit on the chunks it claimed). It
+            # starts one heartbeat later, once the others have seen it and given way: shrink
+            # first, then grow, so a join never overshoots.
             rate.limiter = SmoothLimiter(share, warmup=rate.spec.warmup, catch_up=CATCH_UP,
                                          cold=not busy)
+            if busy:
+                rate.hold_until = time.monotonic() + self.heartbeat
             log.info("%s: rate %.1f/s on this node (%d live node(s), cluster %g/s)",
                      rate.spec.name, share, nodes, qps)
         rate.qps, rate.share = qps, share
