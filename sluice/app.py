@@ -220,6 +220,10 @@ def set_job(store: Store, name: str, changes: dict[str, Any]) -> dict[str, Any]:
     if "qps" in changes:
         from sluice.job import positive_number
 
+        if row["kind"] != "pipeline" and row["spec"].get("routing") not in ("sharded",
+                                                                              "broadcast"):
+            raise ConfigError(f"sluice set {name}: qps applies to pipelines and to jobs with "
+                              "routing='sharded' or 'broadcast'; this job runs on one node")
         overrides["qps"] = positive_number(f"job {name!r}", "qps", _number(changes["qps"]))
     kinds = [k for k in ("cron", "fixed_rate", "fixed_delay") if k in changes]
     if not kinds and "timezone" not in changes:

@@ -32,6 +32,8 @@ class Settings:
     drain_timeout: float = 30.0
     #: handler threads per worker process
     concurrency: int = 8
+    #: this node's weight in dividing a job's ``qps`` among live nodes (default: concurrency)
+    weight: float | None = None
     #: node group (pipelines with groups=) and zone
     group: str | None = None
     zone: str | None = None
@@ -81,6 +83,10 @@ class Settings:
         if self.lease_ttl < 2 * self.heartbeat:
             raise ConfigError(f"setting lease_ttl ({self.lease_ttl}) must be at least twice "
                               f"heartbeat ({self.heartbeat}): leases are renewed every heartbeat")
+        if self.weight is not None and (not isinstance(self.weight, int | float) or
+                                        not math.isfinite(self.weight) or self.weight <= 0):
+            raise ConfigError(f"setting weight (SLUICE_WEIGHT) must be a number > 0, "
+                              f"got {self.weight!r}")
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ConfigError(f"setting concurrency must be an integer >= 1, "
                               f"got {self.concurrency!r}")

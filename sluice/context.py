@@ -27,7 +27,8 @@ class Context:
     every retry: together with ``job`` it is the run's idempotency key (``idempotency_key``).
     ``fencing_token`` increases on every claim of this unit of work; pass it to a downstream
     that can reject stale writers. ``state`` is the job's JSON state, saved when the handler
-    returns without error.
+    returns without error. ``acquire()`` / ``await aacquire()`` wait for the job's rate
+    (``qps=``) before each unit of work.
     """
 
     job: str
@@ -40,6 +41,7 @@ class Context:
     task_id: int = 0  # the unit of work (task) this call belongs to; stable across its retries
     state: dict[str, Any] = field(default_factory=dict)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _rate: Any = field(default=None, repr=False)  # the node's RateGate, when it has one
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sluice.job"),
                                 repr=False)
 
@@ -60,6 +62,18 @@ class Context:
         """Raise ``sluice.Cancelled`` if the run was asked to stop; call it between steps."""
         if self._cancel.is_set():
             raise Cancelled(f"run {self.run_id} of {self.job!r} was cancelled")
+
+    def acquire(self, permits: int = 1) -> float:
+        """Block until ``permits`` units of work may start at the job's rate (its ``qps=``
+        share on this node); returns the seconds waited, 0 at once for a job without a rate.
+        Pipelines need not call it: their runtime takes one permit per record."""
+        return 0.0 if self._rate is None else float(self._rate.acquire(self.job, permits))
+
+    async def aacquire(self, permits: int = 1) -> float:
+        """``acquire`` for async handlers."""
+        if self._rate is None:
+            return 0.0
+        return float(await self._rate.aacquire(self.job, permits))
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking early on cancellation; True if cancelled."""

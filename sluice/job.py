@@ -16,6 +16,8 @@ from sluice.schedule.triggers import Schedule, build, from_spec, seconds
 ROUTINGS = ("single", "broadcast", "sharded")
 OVERLAPS = ("skip", "queue", "concurrent", "replace")
 MISFIRES = ("fire_once", "skip", "catch_up")
+RATE_MODES = ("local", "global")
+DEFAULT_INTERVAL = 5.0  # seconds: a pipeline's loading interval when its schedule names none
 
 
 def one_of(where: str, field_name: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -69,6 +71,8 @@ class JobSpec:
     backoff: Backoff = field(default_factory=Backoff)
     timeout: float | None = None
     qps: float | None = None
+    warmup: float = 1.0
+    rate_mode: str = "local"
     options: dict[str, Any] = field(default_factory=dict)
 
     def stored(self) -> dict[str, Any]:
@@ -78,7 +82,7 @@ class JobSpec:
             "routing": self.routing, "shards": list(self.shards), "overlap": self.overlap,
             "misfire": self.misfire, "catch_up_limit": self.catch_up_limit,
             "max_attempts": self.max_attempts, "timeout": self.timeout, "qps": self.qps,
-            **self.options,
+            "warmup": self.warmup, "rate_mode": self.rate_mode, **self.options,
         }
 
     def effective_schedule(self, overrides: dict[str, Any]) -> Schedule | None:
@@ -88,6 +92,11 @@ class JobSpec:
             return self.schedule
         spec = {k: v for k, v in overrides.items() if k in (*keys, "initial_delay")}
         return from_spec(f"job {self.name!r}", spec)
+
+    def interval(self) -> float:
+        """Seconds between runs: the loading interval of the rate formulas (fixed rate or fixed
+        delay; 5 s for cron and manual jobs)."""
+        return interval_of(self.schedule)
 
     @property
     def is_async(self) -> bool:
@@ -109,6 +118,7 @@ def declare(name: str, func: Callable[..., Any] | None, *, kind: str = "job",
             shards: Any = None, overlap: str = "skip", misfire: str = "fire_once",
             catch_up_limit: int = 10, misfire_grace: Any = 5.0, max_attempts: int = 1,
             backoff: Any = (1.0, 300.0), timeout: Any = None, qps: Any = None,
+            warmup: Any = None, rate_mode: str = "local",
             options: dict[str, Any] | None = None) -> JobSpec:
     """Validate a declaration; every error names the job, the field and what is allowed."""
     where = f"job {name!r}"
@@ -135,9 +145,34 @@ def declare(name: str, func: Callable[..., Any] | None, *, kind: str = "job",
         max_attempts=positive_int(where, "max_attempts", max_attempts),
         backoff=backoff_value,
         timeout=None if timeout is None else seconds(timeout, "timeout", where),
-        qps=None if qps is None else positive_number(where, "qps", qps),
         options=options or {},
+        **_rate(where, kind, routing, schedule, qps, warmup, rate_mode),
     )
+
+
+def interval_of(schedule: Schedule | None) -> float:
+    spec = schedule.spec() if schedule is not None else {}
+    return float(spec.get("fixed_rate") or spec.get("fixed_delay") or DEFAULT_INTERVAL)
+
+
+def _rate(where: str, kind: str, routing: str, schedule: Schedule | None, qps: Any,
+          warmup: Any, rate_mode: Any) -> dict[str, Any]:
+    """The rate options: ``qps`` (records per second, cluster-wide), ``warmup`` (seconds a cold
+    limiter takes to reach it; default 1 s or the interval if shorter, at most the interval)
+    and ``rate_mode``."""
+    if qps is not None and kind == "job" and routing == "single":
+        raise ConfigError(f"{where}: qps= applies to pipelines and to jobs with "
+                          "routing='sharded' or 'broadcast' (whose handlers call ctx.acquire())")
+    qps_value = None if qps is None else positive_number(where, "qps", qps)
+    interval = interval_of(schedule)
+    if warmup is None:  # 1 s, or the whole interval when that is shorter
+        warmup = min(1.0, interval)
+    warm = seconds(warmup, "warmup", where, allow_zero=True)
+    if warm > interval:
+        raise ConfigError(f"{where}: warmup={warm:g}s is longer than the interval "
+                          f"({interval:g}s); allowed: 0 to {interval:g} seconds")
+    return {"qps": qps_value, "warmup": warm,
+            "rate_mode": one_of(where, "rate_mode", rate_mode, RATE_MODES)}
 
 
 def _shards(where: str, routing: str, shards: Any) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from sluice.errors import SchemaError
-from sluice.store import Firing, Store, TaskPlan
+from sluice.store import SCHEMA_VERSION, Firing, Store, TaskPlan
 from sluice.store.drivers import SQLiteDriver
 
 
@@ -28,8 +28,8 @@ def _job(store: Store, name: str = "j", next_fire: float | None = None) -> float
 
 
 def test_migration_is_idempotent_and_refuses_a_newer_schema(store, store_url):
-    assert store.migrate() == 1
-    assert Store.open(store_url).migrate() == 1
+    assert store.migrate() == SCHEMA_VERSION
+    assert Store.open(store_url).migrate() == SCHEMA_VERSION
     with store.db.transaction() as tx:
         tx._cur.execute("UPDATE sluice_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(SchemaError, match="newer"):
@@ -135,6 +135,44 @@ def test_renewal_keeps_a_lease_alive(store):
         assert store.task_renew("a", [(t.id, t.token - 1)], 0.3) == {}
         store.task_reap(node_ttl=60)
     assert not store.task_complete(t.id, t.token).stale
+
+
+def test_group_checkpoint_applies_current_tokens_and_reports_stale_ones(store):
+    from sluice.store import Counts
+
+    _job(store)
+    store.run_fire("j", store.job_get("j")["next_fire_at"], None, [Firing(scheduled_at=1.0)],
+                   "skip", lambda f: [TaskPlan(kind="exec") for _ in range(3)])
+    a, b, c = sorted(store.task_claim("n", 3, [], None, 30), key=lambda t: t.id)
+    run_id = a.run_id
+    store.task_release(b.id, b.token)
+    b2 = store.task_claim("m", 1, [], None, 30)[0]  # b taken over: its old token is stale
+    stale = store.task_checkpoint([
+        (c.id, c.token, {"done": [0, 1]}, run_id, Counts(executed=2)),
+        (a.id, a.token, {"done": [0]}, run_id, Counts(executed=1)),
+        (b.id, b.token, {"done": [0]}, run_id, Counts(executed=1)),
+    ])
+    assert stale == {b.id} and b2.id == b.id
+    run = store.run_get(run_id)
+    assert (run["executed"], run["stale"]) == (3, 1)
+    progress = {t["id"]: t["progress"] for t in store.run_tasks(run_id)}
+    assert progress[a.id] == '{"done":[0]}' and progress[c.id] == '{"done":[0,1]}'
+    assert progress[b.id] == "[]"
+
+
+def test_rate_backlog_counts_loaded_not_executed_records_and_open_loaders(store):
+    from sluice.store import Counts
+
+    _job(store)
+    store.run_fire("j", store.job_get("j")["next_fire_at"], None, [Firing(scheduled_at=1.0)],
+                   "skip", lambda f: [TaskPlan(kind="load") for _ in range(2)])
+    loader = store.task_claim("n", 1, [], None, 30)[0]
+    store.task_spawn(loader.id, loader.token, [TaskPlan(kind="exec", parent_id=loader.id)],
+                     Counts(loaded=100))
+    chunk = next(t for t in store.task_claim("n", 5, [], None, 30) if t.kind == "exec")
+    store.task_checkpoint([(chunk.id, chunk.token, {}, chunk.run_id, Counts(executed=30))])
+    assert store.rate_backlog("j") == (70, 2)
+    assert store.rate_backlog("other") == (0, 0)
 
 
 def test_overlap_policies_at_the_store(store):

@@ -13,6 +13,7 @@ from sluice.app import resume_job, set_job, stored_schedule
 from sluice.cli import overview
 from sluice.config import DEFAULT_DATABASE_URL, Settings
 from sluice.errors import ConfigError, UnknownJobError
+from sluice.rate.cli import RATE_COMMANDS
 from sluice.store import Store
 
 
@@ -89,8 +90,8 @@ def worker(args: argparse.Namespace, argv: list[str], load_app: Callable[[str], 
     app = load_app(args.target)
     settings = app.settings.with_(
         database_url=args.database_url, group=args.group, zone=args.zone,
-        concurrency=args.concurrency, heartbeat=args.heartbeat, node_ttl=args.node_ttl,
-        lease_ttl=args.lease_ttl, drain_timeout=args.drain_timeout,
+        concurrency=args.concurrency, weight=args.weight, heartbeat=args.heartbeat,
+        node_ttl=args.node_ttl, lease_ttl=args.lease_ttl, drain_timeout=args.drain_timeout,
         metrics_port=args.metrics_port)
     from sluice.worker.process import exit_now, run_foreground
 
@@ -226,4 +227,5 @@ def db(args: argparse.Namespace, store: Store) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Store], int]] = {
     "jobs": jobs, "runs": runs, "nodes": nodes, "trigger": trigger, "pause": pause,
     "resume": resume, "set": set_, "dead": dead, "db": db, "status": overview.status,
+    **RATE_COMMANDS,
 }

@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--group", help="node group (pipelines with groups=)")
     w.add_argument("--zone", help="node zone")
     w.add_argument("--concurrency", type=int, help="handler threads per process (default 8)")
+    w.add_argument("--weight", type=float, help="share of rate-limited jobs' qps (default: "
+                   "concurrency)")
     w.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
     w.add_argument("--node-ttl", type=float, help="seconds until a silent node is dead (5)")
     w.add_argument("--lease-ttl", type=float, help="seconds a claim lasts unrenewed (10)")
@@ -94,8 +96,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--records", type=int, default=100_000)
     demo.add_argument("--dir", default=".sluice-demo", help="where the demo databases go")
     from sluice.outbox.cli import add_outbox_commands
+    from sluice.rate.cli import add_rate_commands
 
     add_outbox_commands(sub, _outboxes)
+    add_rate_commands(sub)
     return p
 
 

@@ -74,8 +74,13 @@ def job_status(args: argparse.Namespace, store: Store) -> int:
                                           "stale", "error")}
         out["run"]["seconds"] = took
         out["run"]["achieved_qps"] = run["executed"] / took if took else None
+    rate = None
+    if out["target_qps"] is not None:
+        from sluice.rate.cli import rate_status
+
+        rate = rate_status(store, args.job)  # target, achieved, shares, backlog, loader
     if getattr(args, "json", False):
-        print(json.dumps(out, default=str, indent=1))
+        print(json.dumps({**(rate or {}), **out}, default=str, indent=1))
         return 0
     for key, value in out.items():
         if key != "run":
@@ -83,6 +88,11 @@ def job_status(args: argparse.Namespace, store: Store) -> int:
     for key, value in (out.get("run") or {}).items():
         shown = f"{value:,.1f}" if isinstance(value, float) else value
         print(f"{'run.' + key:<17} {'-' if value is None else shown}")
+    if rate is not None:
+        from sluice.rate.cli import print_status
+
+        print()
+        print_status(rate)
     return 0
 
 

@@ -9,9 +9,9 @@ writes large batches and an idle one writes at once.
 
 Two stages overlap. Stage 1 marks a batch done in the business database (``TableSource``); that
 is already durable: a chunk taken over later skips rows its fence finds done, so those slots
-are freed at once, and their counts reach the run when the chunk ends. Stage 2 saves chunk
-progress and counters in the store for pipelines without such a source, whose records are
-durable only then.
+are freed at once. Stage 2 saves the chunk progress and the run's counters in the store (off
+the records' path for such pipelines); records of a pipeline without such a source are durable
+only then.
 """
 
 from __future__ import annotations
@@ -52,7 +52,11 @@ class _Batch:
 class Acker:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
+        # The stage-1 writer waits on the condition; a chunk thread draining its acks waits on
+        # its own event, set when its last one is written (one condition for all would wake
+        # every draining thread on every ack).
         self._cond = threading.Condition()
+        self._written: dict[int, threading.Event] = {}  # task id -> all its acks written
         self._pending: list[_Ack] = []
         self._inflight: dict[int, int] = defaultdict(int)  # task id -> unacknowledged records
         self._window = threading.BoundedSemaphore(max(1, worker.node.concurrency))
@@ -78,19 +82,27 @@ class Acker:
         with self._cond:
             self._pending.append(_Ack(running, index, record, slot, complete))
             self._inflight[running.task.id] += 1
-            self._cond.notify_all()
+            self._written.setdefault(running.task.id, threading.Event()).clear()
+            self._cond.notify()  # only the writer waits on the condition
 
     def drain(self, running: Running) -> None:
         """Wait until every acknowledgement of this task is written."""
-        with self._cond:
-            while self._inflight.get(running.task.id, 0) > 0 and not self._stop:
-                self._cond.wait(0.5)
-            self._inflight.pop(running.task.id, None)
+        task_id = running.task.id
+        while True:
+            with self._cond:
+                if self._inflight.get(task_id, 0) <= 0 or self._stop:
+                    self._inflight.pop(task_id, None)
+                    self._written.pop(task_id, None)
+                    return
+                written = self._written[task_id]
+            written.wait(0.5)
 
     def stop(self) -> None:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+            for written in self._written.values():
+                written.set()
 
     # -- stage 1: the business database ---------------------------------------------------
 
@@ -132,17 +144,9 @@ class Acker:
                          lambda: self._complete_in_sources(by_task, to_complete))
         if stale is None:
             return _Batch(acks, slots, by_task, None)
-        items = []
-        for task_id, r in by_task.items():
-            if self._source(r) is not None:
-                # the rows themselves record completion; the counts go to the run with the
-                # chunk's end (_finish_chunk), saving a store write per batch
-                r.extra["executed"] = r.extra.get("executed", 0) + executed[task_id]
-                r.extra["stale"] = r.extra.get("stale", 0) + stale.get(task_id, 0)
-                continue
-            items.append((task_id, r.task.token, {"done": sorted(r.extra["done"])},
-                          r.task.run_id, Counts(executed=executed[task_id],
-                                                stale=stale.get(task_id, 0))))
+        items = [(r.task.id, r.task.token, {"done": sorted(r.extra["done"])}, r.task.run_id,
+                  Counts(executed=executed[task_id], stale=stale.get(task_id, 0)))
+                 for task_id, r in by_task.items()]
         # records whose source completion is durable no longer hold their slot
         durable = sum(a.slot for a in acks if self._source(a.running) is not None)
         return _Batch(acks, slots - durable, by_task, items)
@@ -182,8 +186,10 @@ class Acker:
             finally:
                 with self._cond:
                     for a in batch.acks:
-                        self._inflight[a.running.task.id] -= 1
-                    self._cond.notify_all()
+                        task_id = a.running.task.id
+                        self._inflight[task_id] -= 1
+                        if self._inflight[task_id] <= 0 and task_id in self._written:
+                            self._written[task_id].set()
                 for _ in range(batch.slots):
                     self._window.release()
 

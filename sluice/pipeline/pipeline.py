@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sluice.errors import ConfigError
 from sluice.job import Backoff, JobSpec, declare, positive_int
+from sluice.rate.sizing import classic_limit
 
 if TYPE_CHECKING:
     from sluice.app import App
@@ -48,16 +49,23 @@ class Pipeline:
 
     ``groups`` (int or list of names; 2 gives the A/B odd/even split: group A takes odd shard
     numbers, B even ones), ``group_takeover=True`` (a group with no live node has its shards
-    taken by the others), ``batch`` (records a loader takes per call; default
-    ``max(1, qps × interval / shards)`` with ``qps``, else 1000), ``chunk_size=100`` (records
-    per dispatched unit), ``max_attempts=5`` per record, ``record_backoff=(0.5, 30)`` seconds,
-    ``source`` (e.g. ``TableSource``).
+    taken by the others), ``batch`` (records a loader takes per call; default: adaptive from
+    ``max(1, qps × interval / shards)`` with ``qps`` (see ``sluice.rate.sizing``), else 1000),
+    ``chunk_size=100`` (records per dispatched unit), ``max_attempts=5`` per record,
+    ``record_backoff=(0.5, 30)`` seconds, ``source`` (e.g. ``TableSource``).
+
+    Rate: ``qps`` (records executed per second over the whole cluster; default None, no
+    limit), ``warmup`` (seconds a cold node takes to reach its share, from a third of it;
+    default 1, or the interval if shorter; at most the interval), ``rate_mode="local"`` (each
+    node holds its share of ``qps``, divided over live membership) or ``"global"`` (every
+    permit from one shared bucket in the store).
     """
 
     def __init__(self, app: App, name: str, *, groups: int | list[str] | None = None,
                  group_takeover: bool = True, batch: int | None = None, chunk_size: int = 100,
                  max_attempts: int = 5, record_backoff: Any = (0.5, 30.0), source: Any = None,
-                 qps: float | None = None, **schedule: Any) -> None:
+                 qps: float | None = None, warmup: float | None = None, rate_mode: str = "local",
+                 **schedule: Any) -> None:
         where = f"pipeline {name!r}"
         self.app = app
         self.name = name
@@ -69,7 +77,8 @@ class Pipeline:
         if "routing" in schedule or "shards" in schedule:
             raise ConfigError(f"{where}: routing and shards do not apply to pipelines; "
                               "shards come from @split")
-        spec = declare(name, None, kind="pipeline", qps=qps, backoff=record_backoff,
+        spec = declare(name, None, kind="pipeline", qps=qps, warmup=warmup, rate_mode=rate_mode,
+                       backoff=record_backoff,
                        max_attempts=self.max_attempts,
                        options={"groups": self.group_names, "chunk_size": chunk_size}, **schedule)
         self.spec: JobSpec = spec
@@ -111,19 +120,16 @@ class Pipeline:
         return self.group_names[(shard_number(key) - 1) % n]
 
     def load_limit(self, shards: int, qps: float | None) -> int:
-        """Records per load call: the classic ``max(1, qps × interval / shards)``."""
+        """Records per load call to start from: ``batch``, else the classic
+        ``max(1, qps × interval / shards)``, else 1000. Loads adapt it (``sluice.rate.sizing``)."""
         if self.batch is not None:
             return self.batch
         if qps:
-            return max(1, int(qps * self.interval() / max(1, shards)))
+            return classic_limit(qps, self.interval(), shards)
         return 1000
 
     def interval(self) -> float:
-        sched = self.spec.schedule
-        if sched is None:
-            return 5.0
-        spec = sched.spec()
-        return float(spec.get("fixed_rate") or spec.get("fixed_delay") or 5.0)
+        return self.spec.interval()
 
     def check_ready(self) -> None:
         missing = [n for n, f in (("split", self.split_fn), ("load", self.load_fn)) if f is None]

@@ -18,6 +18,7 @@ from sluice.alerts import Alert
 from sluice.errors import Cancelled, PipelineError
 from sluice.pipeline.acker import Acker
 from sluice.pipeline.pipeline import Pipeline, Shard
+from sluice.rate.sizing import load_size
 from sluice.store import Counts, Store, TaskPlan
 from sluice.store.rows import dumps
 from sluice.worker.handlers import call
@@ -68,7 +69,8 @@ def run_split(w: Worker, r: Running) -> None:
     qps = w.overrides.get(pipe.name, {}).get("qps", pipe.spec.qps)
     limit = pipe.load_limit(len(shards), qps)
     loads = [TaskPlan(kind="load", grp=pipe.group_of(s.key), zone=s.zone,
-                      payload={"shard": s.key, "limit": limit, "zone": s.zone},
+                      payload={"shard": s.key, "limit": limit, "zone": s.zone,
+                               "nshards": len(shards)},
                       max_attempts=LAYER_ATTEMPTS)
              for s in shards]
     with_store(w, "create load tasks", lambda: w.store.task_spawn(
@@ -91,10 +93,33 @@ def _shards(result: Any) -> list[Shard]:
     return shards
 
 
+def _load_size(w: Worker, r: Running, pipe: Pipeline) -> int | None:
+    """Records to load now, adapted to the backlog (``sluice.rate.sizing``); None when the
+    task was handed back to look again later (enough is loaded already)."""
+    qps = w.overrides.get(pipe.name, {}).get("qps", pipe.spec.qps)
+    if pipe.batch is not None or not qps:
+        return int(r.task.payload["limit"])
+    counted = with_store(w, "read the backlog", lambda: w.store.rate_backlog(pipe.name))
+    if counted is None:  # the store is away: the classic size, as computed at split
+        return int(r.task.payload["limit"])
+    size = load_size(qps, pipe.interval(), int(r.task.payload.get("nshards") or 1), *counted)
+    gate = w.plugins.get("rate")
+    if size.limit == 0:
+        with_store(w, "defer load", lambda: w.store.task_release(r.task.id, r.task.token,
+                                                                  size.defer))
+        return None
+    if gate is not None and pipe.name in gate.jobs:
+        gate.jobs[pipe.name].loader = size.limit
+    return size.limit
+
+
 @runner("load")
 def run_load(w: Worker, r: Running) -> None:
     pipe = w.app.pipelines[r.task.job]
-    shard, limit = r.task.payload["shard"], r.task.payload["limit"]
+    shard = r.task.payload["shard"]
+    limit = _load_size(w, r, pipe)
+    if limit is None:
+        return
     try:
         assert pipe.load_fn is not None
         records = _records(call(pipe.load_fn, r.ctx, (shard, limit), w.loops, None), limit)
@@ -191,7 +216,7 @@ def _skip_finished(w: Worker, r: Running, records: list[Any], todo: list[int], h
 def _execute_all(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
                  attempts: list[int], todo: list[int]) -> dict[int, str]:
     ack = acker(w)
-    gate = w.plugins.get("rate_gate")
+    gate = w.plugins.get("rate")
     failures: dict[int, str] = {}
     ctx = r.ctx
     stats = w.stats
@@ -202,7 +227,7 @@ def _execute_all(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
         if r.lost:
             break
         if gate is not None:
-            gate(pipe.name)
+            gate.acquire(pipe.name)  # the pipeline's qps share on this node (sluice.rate)
         ctx.attempt = attempts[i] + 1
         ack.begin()  # a slot of the node's in-flight window: bounds re-runs on a kill
         started = time.perf_counter()
@@ -225,6 +250,9 @@ def _execute_batch(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
     ack = acker(w)
     batch = [records[i] for i in todo]
     failures: dict[int, str] = {}
+    gate = w.plugins.get("rate")
+    if gate is not None and batch:
+        gate.acquire(pipe.name, len(batch))  # pay-later: the next caller waits for these
     started = time.perf_counter()
     try:
         assert pipe.execute_batch_fn is not None
@@ -265,8 +293,7 @@ def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str
     if parked and pipe.source is not None and hasattr(pipe.source, "park"):
         pipe.source.park(payload.get("shard"), [p[0] for p in parked], r.task.token)
     # records re-run after a takeover are counted by the reaper (Store.task_reap)
-    counts = Counts(failed=len(failures), parked=len(parked),
-                    executed=r.extra.pop("executed", 0), stale=r.extra.pop("stale", 0))
+    counts = Counts(failed=len(failures), parked=len(parked))
     out = with_store(w, "finish chunk", lambda: w.store.task_finish_chunk(
         r.task.id, r.task.token, counts, retry, parked, str(payload.get("shard"))))
     if out is None or out.stale:

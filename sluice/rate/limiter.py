@@ -64,6 +64,15 @@ class SmoothLimiter:
 
     ``reserve`` books permits and returns how long the caller must wait; the blocking facades
     sleep outside the lock. A reservation is final: a cancelled ``aacquire`` still used its permits.
+
+    ``catch_up`` (seconds, default 0, at most 1) lets callers that fell behind by less than that
+    take the permits they missed at once: a loaded process whose threads stall for 100 ms keeps
+    its mean rate instead of losing those permits. Only idleness beyond it cools the limiter.
+    Either way no more than one second's permits are ever granted at once.
+
+    ``cold=False`` starts a warming-up limiter warm, as if it had just been saturated: for a
+    new caller of a downstream that others keep busy (warm-up protects the downstream, which is
+    not cold because this caller is new).
     """
 
     def __init__(
@@ -71,18 +80,24 @@ class SmoothLimiter:
         rate: float,
         *,
         warmup: float = 1.0,
+        catch_up: float = 0.0,
+        cold: bool = True,
         clock: Callable[[], int] = time.monotonic_ns,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self._stable_ns = _interval_ns(rate)
+        self._catch_up_ns = _seconds_ns("catch_up", catch_up)
+        if self._catch_up_ns > NS:
+            raise ConfigError(f"catch_up must be at most 1 second, got {catch_up!r}")
         self._rate = float(rate)
         self._warmup_ns = _seconds_ns("warmup", warmup)
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
         self._max_ns = self._max_credit_ns(self._stable_ns)
-        # Warming-up limiters start cold (full of expensive credit), bursty ones start empty.
-        self._credit_ns = self._max_ns if self._warmup_ns else 0
+        # Warming-up limiters start cold (full of expensive credit) unless told the downstream
+        # is already warm; bursty ones start empty.
+        self._credit_ns = self._max_ns if self._warmup_ns and cold else 0
         self._next_free_ns = clock()
 
     @property
@@ -149,14 +164,20 @@ class SmoothLimiter:
     def _max_credit_ns(self, stable_ns: int) -> int:
         if self._warmup_ns:
             return self._warmup_ns
-        # One second's worth of permits at once: the stored ones plus the one granted on credit.
-        return max(NS - stable_ns, 0)
+        # One second's worth of permits at once: the stored ones plus the one granted on credit
+        # (and the missed ones a late caller may catch up on).
+        return max(NS - stable_ns - self._catch_up_ns, 0)
 
     def _resync(self, now: int) -> None:
-        """Turn idle time since ``next_free`` into stored credit (up to the bucket size)."""
-        if now > self._next_free_ns:
-            self._credit_ns = min(self._max_ns, self._credit_ns + now - self._next_free_ns)
-            self._next_free_ns = now
+        """Turn idle time since ``next_free`` into stored credit (up to the bucket size).
+
+        The last ``catch_up`` of it is not idleness but lateness: callers that fell behind by
+        less than that (a stalled thread, a slow commit) still get the permits they missed, at
+        once, instead of losing them; only the time beyond it cools the limiter."""
+        idle = now - self._catch_up_ns - self._next_free_ns
+        if idle > 0:
+            self._credit_ns = min(self._max_ns, self._credit_ns + idle)
+            self._next_free_ns = now - self._catch_up_ns
 
     def _reserve_locked(self, permits: int, now: int) -> int:
         self._resync(now)
@@ -166,7 +187,7 @@ class SmoothLimiter:
         cost = self._stored_cost_ns(self._credit_ns - spend, self._credit_ns) + wanted - spend
         self._credit_ns -= spend
         self._next_free_ns = start + cost
-        return start - now
+        return max(0, start - now)
 
     def _stored_cost_ns(self, low: int, high: int) -> int:
         """Time cost of spending stored credit ``[low, high]``: the integral of the curve."""

@@ -46,7 +46,7 @@ def _scripts(dialect: str) -> list[tuple[int, str]]:
     return [(int(name.split("_", 1)[0]), folder.joinpath(name).read_text()) for name in files]
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Store(ReadViews):
@@ -403,9 +403,16 @@ class Store(ReadViews):
         stale: set[int] = set()
         totals: dict[int, dict[str, int]] = {}
         with self.db.transaction() as tx:
+            if self.dialect == "postgresql":  # one statement for the whole group commit
+                kept = {r["id"] for r in tx.all(
+                    "task_checkpoint_many", ids=[i[0] for i in items],
+                    tokens=[i[1] for i in items], progress=[dumps(i[2]) for i in items])}
+                stale = {i[0] for i in items} - kept
             for task_id, token, progress, run_id, counts in items:
-                if not tx.run("task_checkpoint", id=task_id, token=token, progress=dumps(progress)):
+                if self.dialect != "postgresql" and not tx.run(
+                        "task_checkpoint", id=task_id, token=token, progress=dumps(progress)):
                     stale.add(task_id)
+                if task_id in stale:
                     counts = Counts(stale=1)
                 total = totals.setdefault(run_id, dict.fromkeys(vars(Counts()), 0))
                 for key, value in vars(counts).items():
@@ -510,6 +517,31 @@ class Store(ReadViews):
     def task_running_by_node(self) -> dict[str, int]:
         with self.db.transaction() as tx:
             return {r["owner"]: r["n"] for r in tx.all("task_running_by_node")}
+
+    # -- rate ----------------------------------------------------------------------------
+
+    def rate_reserve(self, name: str, permits: int, emission: float, burst: float = 0.0,
+                     catch_up: float = 0.0) -> float:
+        """Book ``permits`` on the shared GCRA bucket ``name`` (one per strictly limited job);
+        returns the seconds until the first of them is due: positive, wait that long;
+        negative (down to ``-catch_up``), they were due that long ago. ``emission`` is the
+        interval per permit (1 / rate); ``burst`` the seconds of permits that may be handed
+        out at once; ``catch_up`` how far back a bucket nobody booked may still be booked
+        (the slots of the last ``catch_up`` seconds are not lost). Same arithmetic as
+        ``sluice.rate.limiter.gcra_reserve``, which has ``catch_up = 0``."""
+        with self.db.transaction() as tx:
+            row = tx.one("rate_reserve", name=name, cost=permits * emission, catch_up=catch_up)
+        assert row is not None
+        return float(row["base"]) - burst - float(row["now"])
+
+    def rate_backlog(self, job: str) -> tuple[int, int]:
+        """Records of ``job``'s active runs loaded and not yet executed (nor parked), and the
+        number of its load tasks still open (pending, running or waiting on their chunks)."""
+        with self.db.transaction() as tx:
+            row = tx.one("rate_backlog", job=job)
+            loaders = tx.one("rate_open_loaders", job=job)
+        assert row is not None and loaders is not None
+        return max(0, int(row["backlog"])), int(loaders["n"])
 
     # -- locks ---------------------------------------------------------------------------
 

@@ -64,6 +64,8 @@ class Heartbeat:
         self._renew()
         w.members = w.store.node_list_live(w.settings.node_ttl)
         self._refresh_jobs()
+        if "rate" in w.plugins:  # re-divide each job's qps over the live nodes
+            w.plugins["rate"].refresh(w.members, w.overrides, now)
         w._jobs_dirty = True  # re-read due jobs once a beat: fixed-delay runs end anywhere
         for task in w.store.task_reap(w.settings.node_ttl):
             w.app.alert(Alert(kind="run_failed", subject=task["job"],
@@ -80,8 +82,11 @@ class Heartbeat:
     def _info(self) -> dict:
         with self.w._lock:
             jobs = [r.task.job for r in self.w.running.values()]
-        return {"running": {j: jobs.count(j) for j in set(jobs)}, "slots": self.w._free,
+        info = {"running": {j: jobs.count(j) for j in set(jobs)}, "slots": self.w._free,
                 "stats": self.w.stats.snapshot()}
+        if "rate" in self.w.plugins:
+            info["rate"] = self.w.plugins["rate"].info()
+        return info
 
     def _renew(self) -> None:
         w = self.w

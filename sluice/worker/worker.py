@@ -178,7 +178,8 @@ class Worker:
             return
         ctx = Context(job=job.name, run_id=task.run_id, scheduled_at=utc(task.scheduled_at),
                       attempt=task.attempt, node=self.node, fencing_token=task.token,
-                      shards=list(task.payload.get("shards", [])), task_id=task.id)
+                      shards=list(task.payload.get("shards", [])), task_id=task.id,
+                      _rate=self.plugins.get("rate"))
         deadline = time.monotonic() + job.timeout if job.timeout else None
         running = Running(task=task, ctx=ctx, deadline=deadline)
         with self._lock:
@@ -227,8 +228,10 @@ class Worker:
 
     def _start(self) -> None:
         self._register()
+        from sluice.rate.gate import for_worker
         from sluice.worker.heartbeat import Heartbeat
 
+        for_worker(self)
         self.heartbeat = Heartbeat(self)
         self.heartbeat.beat()
         now = self.store.clock()

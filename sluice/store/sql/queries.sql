@@ -189,9 +189,12 @@ UPDATE sluice_tasks SET lease_until = {now} + :lease_ttl
 RETURNING id, token, (SELECT cancel_requested FROM sluice_runs r WHERE r.id = run_id) AS cancel
 
 -- name: task_renew@postgresql
+-- Rows are locked in id order, like task_checkpoint_many: two writers never deadlock.
+WITH h AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[])) AS h(id, token)),
+     locked AS (SELECT s.id FROM sluice_tasks s JOIN h ON s.id = h.id AND s.token = h.token
+                 WHERE s.owner = :node AND s.state = 'running' ORDER BY s.id FOR UPDATE OF s)
 UPDATE sluice_tasks t SET lease_until = {now} + :lease_ttl
-  FROM (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[])) AS h(id, token)) h
- WHERE t.owner = :node AND t.state = 'running' AND t.id = h.id AND t.token = h.token
+  FROM locked WHERE t.id = locked.id
 RETURNING t.id, t.token, (SELECT cancel_requested FROM sluice_runs r WHERE r.id = t.run_id) AS cancel
 
 -- name: task_get
@@ -219,6 +222,15 @@ UPDATE sluice_tasks SET state = 'pending', owner = NULL, lease_until = NULL,
 -- name: task_checkpoint
 UPDATE sluice_tasks SET progress = :progress
  WHERE id = :id AND token = :token AND state = 'running'
+
+-- name: task_checkpoint_many@postgresql
+-- Several running tasks' progress in one statement, rows locked in id order.
+WITH h AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[]),
+                                CAST(:progress AS text[])) AS h(id, token, progress)),
+     locked AS (SELECT s.id, h.progress FROM sluice_tasks s JOIN h ON s.id = h.id
+                 AND s.token = h.token WHERE s.state = 'running' ORDER BY s.id FOR UPDATE OF s)
+UPDATE sluice_tasks t SET progress = locked.progress FROM locked WHERE t.id = locked.id
+RETURNING t.id
 
 -- name: task_wait_children
 UPDATE sluice_tasks SET state = 'waiting', owner = NULL, lease_until = NULL,
@@ -375,3 +387,26 @@ SELECT CAST(payload AS json)->>'shard' AS shard, kind, state, count(*) AS tasks,
 
 -- name: dead_count_by_job
 SELECT job, count(*) AS n FROM sluice_dead WHERE retried_at IS NULL GROUP BY job
+
+-- name: rate_reserve
+-- GCRA: tat = max(tat, now - catch_up) + cost; excluded.tat is now + cost.
+INSERT INTO sluice_rate_buckets (name, tat) VALUES (:name, {now} + :cost)
+ON CONFLICT (name) DO UPDATE
+   SET tat = max(sluice_rate_buckets.tat, excluded.tat - :cost - :catch_up) + :cost
+RETURNING tat - :cost AS base, {now} AS now
+
+-- name: rate_reserve@postgresql
+INSERT INTO sluice_rate_buckets (name, tat) VALUES (:name, {now} + :cost)
+ON CONFLICT (name) DO UPDATE
+   SET tat = GREATEST(sluice_rate_buckets.tat, excluded.tat - :cost - :catch_up) + :cost
+RETURNING tat - :cost AS base, {now} AS now
+
+-- name: rate_backlog
+SELECT COALESCE(sum(loaded - executed - parked), 0) AS backlog
+  FROM sluice_runs WHERE job = :job AND state IN ('pending', 'running')
+
+-- name: rate_open_loaders
+SELECT count(*) AS n FROM sluice_tasks
+ WHERE kind = 'load' AND state IN ('pending', 'running', 'waiting')
+   AND run_id IN (SELECT id FROM sluice_runs
+                   WHERE job = :job AND state IN ('pending', 'running'))
