@@ -10,7 +10,8 @@ Each contender gets a fresh database and ``--processes`` worker processes (defau
 
 - sluice-table: a generic pipeline (``app.pipeline`` + ``@execute``) whose split and load come
   from ``sluice.TableSource`` over 25 tables ``bench_rec_00..24`` (records/25 rows each), run by
-  ``sluice worker`` processes (library defaults: concurrency 8). Load batch 1000 records, chunks
+  ``sluice worker --concurrency 64`` processes (64 records in flight each, next to PgQueuer's
+  batch of 100). Load batch 1000 records, chunks
   of 100. Timed from ``trigger`` to the run's end (both on the database clock).
 - sluice-memory: the same, with a generic ``@load`` that makes its records in memory (a cursor
   row per shard in PostgreSQL), so the business-table writes drop out and what is left is
@@ -464,7 +465,8 @@ def main() -> int:
     ap.add_argument("--shards", type=int, default=25)
     ap.add_argument("--processes", type=int, default=2, help="worker processes per contender")
     ap.add_argument("--only", default=",".join(CONTENDERS), help="comma separated contenders")
-    ap.add_argument("--sluice-concurrency", type=int, default=8)
+    ap.add_argument("--sluice-concurrency", type=int, default=64,
+                    help="records in flight per sluice worker (its --concurrency)")
     ap.add_argument("--sluice-batch", type=int, default=1000, help="records per load")
     ap.add_argument("--sluice-chunk", type=int, default=100, help="records per chunk")
     ap.add_argument("--pgqueuer-batch", type=int, default=100, help="PgQueuer dequeue batch")

@@ -166,6 +166,18 @@ class Store(ReadViews):
         with self.db.transaction() as tx:
             tx.run("job_save_state", name=name, state=dumps(state))
 
+    def job_overdue(self, before: float) -> list[Row]:
+        """Unpaused jobs whose next firing is due before ``before`` (through the due index)."""
+        with self.db.transaction() as tx:
+            return tx.all("job_overdue", before=before)
+
+    def job_fingerprint(self) -> tuple[int, float | None]:
+        """Changes whenever a job is registered, paused, resumed or changed (one row read,
+        however many jobs there are)."""
+        with self.db.transaction() as tx:
+            row = tx.one("job_fingerprint")
+        return (row["n"], row["latest"]) if row else (0, None)
+
     def job_versions(self) -> dict[str, Row]:
         with self.db.transaction() as tx:
             return {r["name"]: r for r in tx.all("job_versions")}

@@ -28,6 +28,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sluice-heartbeat", daemon=True)
         self._versions: dict[str, tuple] = {}
+        self._fingerprint: tuple[int, float | None] | None = None
         self._failing = False
 
     def start(self) -> None:
@@ -109,7 +110,12 @@ class Heartbeat:
 
     def _refresh_jobs(self) -> None:
         w = self.w
+        # A beat costs the same with 1 job or 1,000: the job rows are re-read only on a change.
+        fingerprint = w.store.job_fingerprint()
+        if fingerprint == self._fingerprint:
+            return
         versions = w.store.job_versions()
+        self._fingerprint = fingerprint
         seen = {name: (row["paused"], row["overrides"], row["updated_at"])
                 for name, row in versions.items()}
         if seen != self._versions:

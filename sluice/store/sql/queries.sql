@@ -85,6 +85,12 @@ UPDATE sluice_jobs SET next_fire_at = {now} + finish_delay
 -- name: job_versions
 SELECT name, paused, overrides, updated_at FROM sluice_jobs
 
+-- name: job_overdue
+SELECT name, next_fire_at FROM sluice_jobs WHERE paused = 0 AND next_fire_at < :before
+
+-- name: job_fingerprint
+SELECT count(*) AS n, max(updated_at) AS latest FROM sluice_jobs
+
 -- name: run_insert
 INSERT INTO sluice_runs (job, scheduled_at, trigger, state, created_at, started_at, open_tasks,
                          node, stats)
