@@ -39,7 +39,10 @@ def test_every_second_fires_exactly_once_per_instant(request, tmp_path, store_ki
     steps = {round(b - a, 3) for a, b in itertools.pairwise(instants)}
     assert steps == {1.0}, f"gaps between instants: {sorted(steps)}"
     assert len(instants) >= 30
-    assert len({e["pid"] for e in fired}) >= 2, "work should spread over processes"
+    if store_kind == "postgresql":
+        # On SQLite the process whose timer fires first takes the write lock first at every
+        # instant, so one process may legitimately fire them all; what matters is once each.
+        assert len({e["pid"] for e in fired}) >= 2, "work should spread over processes"
     runs = _runs(url, "every_second")
     assert {r["state"] for r in runs} <= {"succeeded", "running", "pending"}
     assert len(runs) == len({r["scheduled_at"] for r in runs})
