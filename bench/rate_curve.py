@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -34,6 +33,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import machine_line  # noqa: E402
 from sluice.store import Store  # noqa: E402
 from tests.helpers import WorkerProcess, wait_for  # noqa: E402
 
@@ -48,20 +48,6 @@ class Curve:
     name: str
     per_second: list[float] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)  # what happened at which second
-
-
-def machine(url: str) -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    with psycopg.connect(url) as c:
-        row = c.execute("SHOW server_version").fetchone()
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"PostgreSQL {row[0] if row else '?'}; load average before the run: {load}")
 
 
 class Sampler(threading.Thread):
@@ -181,7 +167,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=24)
     ap.add_argument("--png", default=str(ROOT / "bench" / "rate_curve.png"))
     args = ap.parse_args()
-    print(f"machine: {machine(PG)}")
+    print(machine_line())
     print(f"no-op pipeline, qps={args.qps:g}, {args.nodes} worker processes "
           f"(concurrency {args.concurrency}), {args.shards} shards, {args.seconds} s; one node "
           f"killed at {args.seconds // 3} s, one started at {2 * args.seconds // 3} s")
@@ -219,7 +205,7 @@ def main() -> None:
               f"overshoot {f['peak_overshoot_pct']:+.1f}% (target ≤ 5%)")
     plot(curves, args.qps, Path(args.png),
          f"no-op pipeline at {args.qps:g}/s, {args.nodes} nodes, PostgreSQL; "
-         f"{machine(PG).split(';')[0]}")
+         f"{machine_line().split(';')[0]}")
     print(f"\nplot: {args.png}; worker logs: {logs}")
 
 
