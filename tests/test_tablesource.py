@@ -132,7 +132,10 @@ def test_two_concurrent_loaders_on_separate_engines_never_get_the_same_row(engin
         t.join(60)
     assert not errors, errors
     assert not any(t.is_alive() for t in threads)
-    assert got[1] and got[2], "both loaders claimed rows"
+    if engine.dialect.name == "postgresql":
+        # SQLite serialises writers: one loader may win the lock for every load, which is
+        # correct; only PostgreSQL lets both claim at once, so only there must both get rows.
+        assert got[1] and got[2], "both loaders claimed rows"
     assert not set(got[1]) & set(got[2]), "a row was claimed by both loaders"
     assert len(got[1]) == len(set(got[1])) and len(got[2]) == len(set(got[2]))
     assert sorted(got[1] + got[2]) == list(range(1, total + 1))
