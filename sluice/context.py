@@ -25,8 +25,9 @@ class Context:
 
     ``scheduled_at`` is the instant the run was scheduled for (UTC), the same on every node and
     every retry: together with ``job`` it is the run's idempotency key (``idempotency_key``).
-    ``fencing_token`` increases on every claim of this unit of work; pass it to a downstream
-    that can reject stale writers. ``state`` is the job's JSON state, saved when the handler
+    ``fencing_token`` increases on every claim of this unit of work (for a ``TableSource``
+    record: the token its row carries, which a takeover raises); pass it to a downstream that
+    can reject stale writers. ``state`` is the job's JSON state, saved when the handler
     returns without error. ``acquire()`` / ``await aacquire()`` wait for the job's rate
     (``qps=``) before each unit of work.
     """

@@ -223,6 +223,54 @@ def test_sqlite_10k_records_sigkill_one_of_two(sqlite_url, tmp_path):
     print(f"\nsqlite 10k: {out}")
 
 
+def test_sigterm_hands_back_running_chunks_and_their_next_holder_fences_them(pg_url, tmp_path):
+    """A drained node hands its unfinished chunks back; whoever takes one next is not its first
+    holder, so it fences the rows: rows the drained node completed are not run again, and
+    its late completions are rejected."""
+    records, shards = 3000, 5
+    build_pg(pg_url, "coupon", records, shards)
+    data_url = sa_url(pg_url)
+    log = tmp_path / "events"
+    env = {"TEST_EVENTS": str(log), "TEST_PIPELINES": "coupons", "TEST_DATA_URL": data_url,
+           "TEST_SHARDS": str(shards), "TEST_BATCH": "200", "TEST_CHUNK": "50",
+           "TEST_EXEC_SLEEP": "0.01", "TEST_DRAIN": "0.3"}
+    store = Store.open(pg_url)
+    try:
+        with workers(APP, pg_url, 2, env=env, args=["--concurrency", "8"],
+                     log=tmp_path / "workers.log") as procs:
+            wait_nodes(store, 2)
+            run_id = store.run_trigger("remind")
+            assert run_id is not None
+            wait_for(lambda: (store.run_get(run_id) or {}).get("executed", 0) >= records * 0.3,
+                     120, interval=0.05, message="30% of the records executed")
+            busy = collections.Counter(e["pid"] for e in events(log)[-200:])
+            victim = max(procs, key=lambda p: busy[p.pid])
+            victim.terminate(30)
+            run = wait_run(store, run_id, 120)
+            handed_back = [t for t in store.run_tasks(run_id)
+                           if t["kind"] == "exec" and t["claims"] > 1]
+    finally:
+        store.close()
+    assert handed_back, "the drained node was running chunks: they were handed back"
+    by_id: dict[int, list[dict]] = collections.defaultdict(list)
+    for e in events(log):
+        if e["e"] == "exec":
+            by_id[e["id"]].append(e)
+    assert set(by_id) == set(range(1, records + 1)), "every record executed"
+    again = {i: es for i, es in by_id.items() if len(es) > 1}
+    assert len(again) <= 8, f"{len(again)} records ran twice: {sorted(again)[:20]}"
+    for es in again.values():
+        assert len(es) == 2 and es[0]["pid"] == victim.pid and es[1]["pid"] != victim.pid
+        assert es[1]["token"] > es[0]["token"]
+    tokens = dict(query_shards(data_url, [f'SELECT id, lease_token FROM "coupon_{s:02d}"'
+                                          for s in range(shards)]))
+    for i, es in by_id.items():
+        assert tokens[i] in [e["token"] for e in es], (i, tokens[i], es)
+    states = table_states(data_url, "coupon", shards)
+    assert states.get("DONE") == records and states.get("leased", 0) == 0, states
+    assert run["state"] == "succeeded" and run["executed"] == records, run
+
+
 # -- 3: groups=2, A takes odd shards, B even; B gone → A takes over ------------------------------
 
 

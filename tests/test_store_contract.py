@@ -116,7 +116,7 @@ def test_expired_lease_is_reaped_then_dead_after_last_attempt(store):
     time.sleep(0.1)  # let the 50 ms lease lapse (database time)
     assert store.task_reap(node_ttl=60) == []
     t2 = store.task_claim("b", 1, [], None, 0.05)[0]
-    assert t2.id == t1.id and t2.attempt == 2
+    assert t2.id == t1.id and t2.attempt == 2 and (t1.claims, t2.claims) == (1, 2)
     time.sleep(0.1)
     died = store.task_reap(node_ttl=60)
     assert [d["id"] for d in died] == [t1.id]
@@ -153,6 +153,8 @@ def test_group_checkpoint_applies_current_tokens_and_reports_stale_ones(store):
         (b.id, b.token, {"done": [0]}, run_id, Counts(executed=1)),
     ])
     assert stale == {b.id} and b2.id == b.id
+    # a hand-back does not count as an attempt, but the next holder knows it is not the first
+    assert (a.claims, b2.attempt, b2.claims) == (1, 1, 2)
     run = store.run_get(run_id)
     assert (run["executed"], run["stale"]) == (3, 1)
     progress = {t["id"]: t["progress"] for t in store.run_tasks(run_id)}

@@ -167,7 +167,8 @@ class Acker:
         stale: dict[int, int] = {}
         for source, task_ids in per_source.values():
             rejected = source.complete_many([
-                (by_task[t].task.payload.get("shard"), records[t], by_task[t].task.token)
+                (by_task[t].task.payload.get("shard"), records[t],
+                 by_task[t].extra.get("row_token", by_task[t].task.token))
                 for t in task_ids])
             for t, n in zip(task_ids, rejected, strict=True):
                 stale[t] = n

@@ -135,9 +135,12 @@ def run_load(w: Worker, r: Running) -> None:
         return
     grp, zone = r.task.grp, r.task.payload.get("zone")
     size = pipe.chunk_size
+    # row_token: the fencing token the loader stamped on the rows (a TableSource claims them
+    # with its own); a chunk's first holder completes them with it, without fencing again
+    loaded = {"row_token": r.task.token, "loaded_at": time.time() + w.offset}
     chunks = [TaskPlan(kind="exec", grp=grp, zone=zone, parent_id=r.task.id,
                        payload={"shard": shard, "records": records[i:i + size],
-                                "attempts": [0] * len(records[i:i + size])},
+                                "attempts": [0] * len(records[i:i + size]), **loaded},
                        max_attempts=1_000_000)
               for i in range(0, len(records), size)]
     with_store(w, "dispatch loaded records", lambda: w.store.task_spawn(
@@ -182,8 +185,10 @@ def run_exec(w: Worker, r: Running) -> None:
     done = set(progress.get("done", []))
     todo = [i for i in range(len(records)) if i not in done]
     r.extra["done"] = done
+    r.extra["row_token"] = payload.get("row_token", r.task.token)
     source = pipe.source
-    if source is not None and hasattr(source, "fence") and todo:
+    if source is not None and hasattr(source, "fence") and todo and _must_fence(w, r, source):
+        r.extra["row_token"] = r.task.token
         try:
             held = retrying(w, "fence rows", lambda: (source.fence(
                 payload.get("shard"), [records[i] for i in todo], r.task.token, w.node.id),))
@@ -192,11 +197,25 @@ def run_exec(w: Worker, r: Running) -> None:
         if held is None:
             return  # the business database stayed away: the lease lapses, the chunk moves on
         todo = _skip_finished(w, r, records, todo, held[0], source)
+    if source is not None and hasattr(source, "fence"):
+        r.ctx.fencing_token = r.extra["row_token"]  # the token the records' rows carry
     failures = _execute_all(w, r, pipe, records, attempts, todo)
     acker(w).drain(r)
     if r.lost:
         return
     _finish_chunk(w, r, pipe, failures)
+
+
+def _must_fence(w: Worker, r: Running, source: Any) -> bool:
+    """A chunk fences its rows (stamps them with its own token) unless it is their loader's
+    direct heir: the first holder of a chunk whose rows still carry the loader's token and
+    lease. Anyone later (a takeover, a hand-back, a retry of parked rows) must fence, so that
+    the earlier holder's completions are rejected and rows it finished are not run again."""
+    payload = r.task.payload
+    if r.task.claims > 1 or "row_token" not in payload:
+        return True
+    age = time.time() + w.offset - float(payload.get("loaded_at") or 0)
+    return age > float(getattr(source, "lease", 0)) / 2  # renew the rows' lease first
 
 
 def _skip_finished(w: Worker, r: Running, records: list[Any], todo: list[int], held: set[Any],
@@ -289,9 +308,9 @@ def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str
         retry = TaskPlan(kind="exec", grp=r.task.grp, zone=payload.get("zone"),
                          parent_id=r.task.parent_id, delay=delay, max_attempts=1_000_000,
                          payload={**payload, "records": retry_records,
-                                  "attempts": retry_attempts})
+                                  "attempts": retry_attempts, "row_token": r.extra["row_token"]})
     if parked and pipe.source is not None and hasattr(pipe.source, "park"):
-        pipe.source.park(payload.get("shard"), [p[0] for p in parked], r.task.token)
+        pipe.source.park(payload.get("shard"), [p[0] for p in parked], r.extra["row_token"])
     # records re-run after a takeover are counted by the reaper (Store.task_reap)
     counts = Counts(failed=len(failures), parked=len(parked))
     out = with_store(w, "finish chunk", lambda: w.store.task_finish_chunk(

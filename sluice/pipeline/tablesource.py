@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, inspect, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, inspect, text
 
 from sluice.errors import ConfigError, PipelineError
 
@@ -83,18 +84,19 @@ class TableSource:
         c, s = self.col, self.states
         pg = engine.dialect.name == "postgresql"
         lock = "FOR UPDATE SKIP LOCKED" if pg else ""
+        now = _now_sql(engine)
         sql = (f'UPDATE "{table}" SET "{c["status"]}" = :processing, "{c["attempts"]}" = '
                f'"{c["attempts"]}" + 1, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = '
-               f':now + :lease, "{c["lease_token"]}" = :token WHERE "{self.key}" IN ('
+               f'{now} + :lease, "{c["lease_token"]}" = :token WHERE "{self.key}" IN ('
                f'SELECT "{self.key}" FROM "{table}" WHERE "{c["status"]}" = :pending OR '
-               f'("{c["status"]}" = :processing AND ("{c["lease_until"]}" < :now OR '
+               f'("{c["status"]}" = :processing AND ("{c["lease_until"]}" < {now} OR '
                f'"{c["lease_owner"]}" = :owner)) '
                f'ORDER BY "{self.key}" LIMIT :limit {lock}) RETURNING *')
-        with engine.begin() as conn:
+        with _one_statement(engine) as conn:
             rows = conn.execute(text(sql), {
                 "processing": s["processing"], "pending": s["pending"],
                 "owner": f"load:{getattr(ctx, 'task_id', 0) or ctx.node.id}",
-                "now": self._now(conn), "lease": self.lease, "token": ctx.fencing_token,
+                "now": time.time(), "lease": self.lease, "token": ctx.fencing_token,
                 "limit": limit}).mappings().all()
         return sorted((_jsonable(dict(r)) for r in rows), key=lambda r: r[self.key])
 
@@ -111,15 +113,16 @@ class TableSource:
         keys = [r[self.key] for r in records]
         stamp = text(f'UPDATE "{table}" SET "{c["lease_token"]}" = :token, "{c["status"]}" = '
                      f':processing, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = '
-                     f':now + :lease WHERE "{self.key}" IN :keys AND "{c["lease_token"]}" < '
-                     f':token AND "{c["status"]}" IN (:processing, :failed)'
+                     f'{_now_sql(engine)} + :lease WHERE "{self.key}" IN :keys AND '
+                     f'"{c["lease_token"]}" < :token AND "{c["status"]}" IN (:processing, '
+                     f':failed)'
                      ).bindparams(bindparam("keys", expanding=True))
         held = text(f'SELECT "{self.key}" FROM "{table}" WHERE "{self.key}" IN :keys AND '
                     f'"{c["lease_token"]}" = :token AND "{c["status"]}" = :processing'
                     ).bindparams(bindparam("keys", expanding=True))
         with engine.begin() as conn:
             conn.execute(stamp, {"token": token, "processing": s["processing"],
-                                 "failed": s["failed"], "owner": owner, "now": self._now(conn),
+                                 "failed": s["failed"], "owner": owner, "now": time.time(),
                                  "lease": self.lease, "keys": keys})
             rows = conn.execute(held, {"keys": keys, "token": token,
                                        "processing": s["processing"]}).all()
@@ -139,37 +142,64 @@ class TableSource:
         by_engine: dict[int, list[int]] = {}
         for i, (shard, _, _) in enumerate(items):
             by_engine.setdefault(id(self._prepare(shard)[0]), []).append(i)
-        rejected = [0] * len(items)
+        applied = [0] * len(items)
         for positions in by_engine.values():
             engine = self._prepare(items[positions[0]][0])[0]
-            with engine.begin() as conn:
-                for i in positions:
-                    shard, records, token = items[i]
-                    rejected[i] = self._complete(conn, self.table_for(shard), records, token)
-        return rejected
+            updates = [(i, *group) for i in positions for group in self._by_version(items[i])]
+            if not updates:
+                continue
+            if engine.dialect.name == "postgresql":
+                changed = self._complete_at_once(engine, updates)
+            else:
+                with engine.begin() as conn:
+                    changed = [self._complete(conn, *u[1:]) for u in updates]
+            for (i, *_), n in zip(updates, changed, strict=True):
+                applied[i] += n
+        return [len(records) - n for (_, records, _), n in zip(items, applied, strict=True)]
 
-    def _complete(self, conn: Any, table: str, records: list[dict[str, Any]], token: int) -> int:
-        """One statement per distinct loaded version (usually one per chunk): rows still on
-        the version they were loaded with become DONE, re-marked rows go back to PENDING."""
-        if not records:
-            return 0
-        c, s = self.col, self.states
+    def _by_version(self, item: tuple[Any, list[dict[str, Any]], int]
+                    ) -> list[tuple[str, int, Any, list[Any]]]:
+        """A chunk's completion as one update per distinct loaded version (usually one):
+        (table, token, version, keys)."""
+        shard, records, token = item
         by_version: dict[Any, list[Any]] = {}
         for r in records:
-            by_version.setdefault(r.get(c["version"]), []).append(r[self.key])
-        applied = 0
-        for version, keys in by_version.items():
-            same = f'"{c["version"]}" IS NULL' if version is None else \
-                f'"{c["version"]}" = :version'
-            sql = text(f'UPDATE "{table}" SET "{c["status"]}" = CASE WHEN {same} THEN :done '
-                       f'ELSE :pending END, "{c["lease_owner"]}" = NULL, "{c["lease_until"]}" = '
-                       f'NULL WHERE "{self.key}" IN :keys AND "{c["lease_token"]}" = :token AND '
-                       f'"{c["status"]}" = :processing'
-                       ).bindparams(bindparam("keys", expanding=True))
-            applied += conn.execute(sql, {
-                "version": version, "done": s["done"], "pending": s["pending"], "keys": keys,
-                "token": token, "processing": s["processing"]}).rowcount
-        return len(records) - applied
+            by_version.setdefault(r.get(self.col["version"]), []).append(r[self.key])
+        return [(self.table_for(shard), token, v, keys) for v, keys in by_version.items()]
+
+    def _update_sql(self, table: str, version: Any, mark: str) -> str:
+        """Rows still on the version they were loaded with become DONE, re-marked rows go
+        back to PENDING; only while ``token`` still holds them."""
+        c = self.col
+        same = f'"{c["version"]}" IS NULL' if version is None else f'"{c["version"]}" = {mark}'
+        return (f'UPDATE "{table}" SET "{c["status"]}" = CASE WHEN {same} THEN {mark} ELSE '
+                f'{mark} END, "{c["lease_owner"]}" = NULL, "{c["lease_until"]}" = NULL WHERE '
+                f'"{c["lease_token"]}" = {mark} AND "{c["status"]}" = {mark} AND "{self.key}" IN ')
+
+    def _update_params(self, token: int, version: Any) -> list[Any]:
+        s = self.states
+        head = [] if version is None else [version]
+        return [*head, s["done"], s["pending"], token, s["processing"]]
+
+    def _complete(self, conn: Any, table: str, token: int, version: Any, keys: list[Any]) -> int:
+        sql = self._update_sql(table, version, "?") + f'({", ".join("?" * len(keys))})'
+        return int(conn.exec_driver_sql(sql, (*self._update_params(token, version),
+                                              *keys)).rowcount)
+
+    def _complete_at_once(self, engine: Engine,
+                          updates: list[tuple[int, str, int, Any, list[Any]]]) -> list[int]:
+        """PostgreSQL: every update in one statement (one round trip, no BEGIN/COMMIT), as
+        data-modifying CTEs that each report how many rows they changed."""
+        ctes, params = [], []
+        for n, (_, table, token, version, keys) in enumerate(updates):
+            ctes.append(f'u{n} AS ({self._update_sql(table, version, "%s")}'
+                        f'({", ".join(["%s"] * len(keys))}) RETURNING 1)')
+            params += [*self._update_params(token, version), *keys]
+        counts = ", ".join(f"(SELECT count(*) FROM u{n})" for n in range(len(updates)))
+        with _one_statement(engine) as conn:
+            row = conn.exec_driver_sql(f"WITH {', '.join(ctes)} SELECT {counts}",
+                                       tuple(params)).one()
+        return [int(v) for v in row]
 
     def park(self, shard: Any, records: list[dict[str, Any]], token: int) -> None:
         """Mark rows FAILED: out of attempts (they can be retried with ``sluice dead retry``)."""
@@ -219,13 +249,6 @@ class TableSource:
                                 f"{', '.join(missing)}; add them (see TableSource.state_ddl) or "
                                 "map yours with columns={...}")
 
-    @staticmethod
-    def _now(conn: Any) -> float:
-        if conn.dialect.name == "postgresql":
-            return float(conn.execute(text("SELECT extract(epoch from clock_timestamp())"))
-                         .scalar_one())
-        return time.time()
-
     def state_ddl(self) -> str:
         """Column definitions to add to a table so TableSource can keep state in it."""
         c, s = self.col, self.states
@@ -249,6 +272,26 @@ def mark_pending(conn: Any, table: str, key: Any, *, key_column: str = "id",
            f'THEN "{st}" ELSE :pending END WHERE "{k}" = :key')
     result = conn.execute(text(sql), {"processing": processing, "pending": pending, "key": key})
     return int(result.rowcount)
+
+
+def _now_sql(engine: Engine) -> str:
+    """The database's clock on PostgreSQL (leases of rows claimed from several machines);
+    SQLite lives on one machine, whose clock is bound as ``:now``."""
+    return "extract(epoch from clock_timestamp())" if engine.dialect.name == "postgresql" \
+        else ":now"
+
+
+@contextmanager
+def _one_statement(engine: Engine) -> Iterator[Connection]:
+    """A connection for a single statement, which is atomic by itself: on PostgreSQL in
+    autocommit (one round trip instead of BEGIN, statement, COMMIT)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+        else:
+            with conn.begin():
+                yield conn
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

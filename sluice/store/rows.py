@@ -52,6 +52,7 @@ class ClaimedTask:
     grp: str | None = None
     scheduled_at: float = 0.0
     cancel: bool = False
+    claims: int = 1  # times claimed, hand-backs included: above 1, someone held it before
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ClaimedTask:
@@ -60,7 +61,7 @@ class ClaimedTask:
             token=row["token"], attempt=row["attempt"], max_attempts=row["max_attempts"],
             payload=json.loads(row["payload"]), progress=json.loads(row.get("progress") or "null"),
             parent_id=row.get("parent_id"), grp=row.get("grp"),
-            scheduled_at=row.get("scheduled_at") or 0.0,
+            scheduled_at=row.get("scheduled_at") or 0.0, claims=row.get("claims") or 1,
         )
 
 

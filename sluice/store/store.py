@@ -46,7 +46,7 @@ def _scripts(dialect: str) -> list[tuple[int, str]]:
     return [(int(name.split("_", 1)[0]), folder.joinpath(name).read_text()) for name in files]
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Store(ReadViews):

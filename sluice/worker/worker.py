@@ -276,6 +276,7 @@ class Worker:
             left = list(self.running.values())
         for r in left:
             r.ctx._cancel.set()
+            r.lost = True  # a chunk stops before its next record: the next holder runs it
             try:
                 self.store.task_release(r.task.id, r.task.token)
             except StoreError as exc:

@@ -9,6 +9,7 @@ Configured through the environment, so one module serves several tests:
 - ``TEST_DATA_URL``: the SQLAlchemy URL of the business database holding the tables.
 - ``TEST_SHARDS``: number of shards; ``TEST_PER_SHARD``: records per shard (``grouped``);
   ``TEST_BATCH`` / ``TEST_CHUNK``: the ``coupons`` load batch and chunk size.
+- ``TEST_EXEC_SLEEP``: seconds each ``coupons`` record takes; ``TEST_DRAIN``: drain time-out.
 - ``TEST_EVENTS``: the events file; every load and execute appends one JSON line to it with a
   single ``write`` on an ``O_APPEND`` descriptor, so a SIGKILL never leaves half a line and
   never loses a line that was written.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -37,7 +39,9 @@ PER_SHARD = int(os.environ.get("TEST_PER_SHARD", "10"))
 MARKERS = Path(os.environ.get("TEST_MARKERS", "/tmp"))
 PID = os.getpid()
 
-app = sluice.App(heartbeat=0.5, node_ttl=2.0, lease_ttl=3.0, drain_timeout=5.0)
+app = sluice.App(heartbeat=0.5, node_ttl=2.0, lease_ttl=3.0,
+                 drain_timeout=float(os.environ.get("TEST_DRAIN", "5.0")))
+EXEC_SLEEP = float(os.environ.get("TEST_EXEC_SLEEP", "0"))  # seconds per coupons record
 
 _fd: int | None = None
 _fd_lock = threading.Lock()
@@ -88,6 +92,8 @@ if "coupons" in ENABLED:
     @remind.execute
     def send_reminder(ctx: sluice.Context, coupon: dict) -> None:
         emit(e="exec", id=coupon["id"], pid=PID, token=ctx.fencing_token)
+        if EXEC_SLEEP:
+            time.sleep(EXEC_SLEEP)
 
 
 if "grouped" in ENABLED:

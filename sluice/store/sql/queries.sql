@@ -151,17 +151,19 @@ UPDATE sluice_runs SET shards = shards + :shards, loaded = loaded + :loaded,
 -- name: task_insert
 INSERT INTO sluice_tasks (run_id, job, kind, state, target_node, grp, zone, parent_id, payload,
                           max_attempts, available_at, created_at, owner, token, lease_until,
-                          attempt)
+                          attempt, claims)
 VALUES (:run_id, :job, :kind, :state, :target_node, :grp, :zone, :parent_id, :payload,
         :max_attempts, {now} + :delay, {now}, :owner,
         CASE WHEN CAST(:owner AS text) IS NULL THEN 0 ELSE {next_token} END,
         CASE WHEN CAST(:owner AS text) IS NULL THEN NULL ELSE {now} + :lease_ttl END,
+        CASE WHEN CAST(:owner AS text) IS NULL THEN 0 ELSE 1 END,
         CASE WHEN CAST(:owner AS text) IS NULL THEN 0 ELSE 1 END)
 RETURNING id, token
 
 -- name: task_claim
 UPDATE sluice_tasks
    SET state = 'running', owner = :node, token = {next_token}, attempt = attempt + 1,
+       claims = claims + 1,
        lease_until = {now} + :lease_ttl
  WHERE id IN (
     SELECT id FROM sluice_tasks
@@ -171,11 +173,13 @@ UPDATE sluice_tasks
        AND (zone IS NULL OR :zone IS NULL OR zone = :zone)
      ORDER BY available_at, id LIMIT :limit)
 RETURNING id, run_id, job, kind, parent_id, grp, payload, progress, attempt, max_attempts, token,
+          claims,
           (SELECT scheduled_at FROM sluice_runs r WHERE r.id = run_id) AS scheduled_at
 
 -- name: task_claim@postgresql
 UPDATE sluice_tasks
    SET state = 'running', owner = :node, token = {next_token}, attempt = attempt + 1,
+       claims = claims + 1,
        lease_until = {now} + :lease_ttl
  WHERE id IN (
     SELECT id FROM sluice_tasks
@@ -185,6 +189,7 @@ UPDATE sluice_tasks
        AND (zone IS NULL OR CAST(:zone AS text) IS NULL OR zone = :zone)
      ORDER BY available_at, id LIMIT :limit {skip_locked})
 RETURNING id, run_id, job, kind, parent_id, grp, payload, progress, attempt, max_attempts, token,
+          claims,
           (SELECT scheduled_at FROM sluice_runs r WHERE r.id = run_id) AS scheduled_at
 
 -- name: task_renew
@@ -284,7 +289,7 @@ SELECT id, run_id, kind FROM sluice_tasks t
 UPDATE sluice_tasks SET target_node = NULL WHERE id = :id AND state = 'pending'
 
 -- name: task_by_run
-SELECT id, kind, state, target_node, grp, payload, progress, attempt, owner, error
+SELECT id, kind, state, target_node, grp, payload, progress, attempt, claims, owner, error
   FROM sluice_tasks WHERE run_id = :run_id ORDER BY id
 
 -- name: task_running_by_node
