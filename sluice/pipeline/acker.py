@@ -12,6 +12,11 @@ is already durable: a chunk taken over later skips rows its fence finds done, so
 are freed at once. Stage 2 saves the chunk progress and the run's counters in the store (off
 the records' path for such pipelines); records of a pipeline without such a source are durable
 only then.
+
+Stage 1 has two writers, each taking at most half the window: while one batch is being
+written the next one executes, instead of the whole window waiting for one write. Stage 2 is
+one thread; a task's saved progress only grows, since it adds each batch as it comes out of
+stage 1, in whatever order.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
     from sluice.worker.worker import Running, Worker
 
 log = logging.getLogger("sluice.pipeline")
+WRITERS = 2  # stage-1 writers: one batch is written while the next executes
 
 
 @dataclass(slots=True)
@@ -46,7 +52,7 @@ class _Batch:
     acks: list[_Ack]
     slots: int  # slots still held when stage 2 gets the batch
     by_task: dict[int, Running]
-    items: list[tuple[int, int, Any, int, Counts]] | None  # None: stage 1 gave up
+    stale: dict[int, int] | None  # completions rejected per task; None: stage 1 gave up
 
 
 class Acker:
@@ -60,9 +66,12 @@ class Acker:
         self._pending: list[_Ack] = []
         self._inflight: dict[int, int] = defaultdict(int)  # task id -> unacknowledged records
         self._window = threading.BoundedSemaphore(max(1, worker.node.concurrency))
+        self._half = max(1, worker.node.concurrency // 2)
         self._stop = False
-        self._stage2: queue.Queue[_Batch | None] = queue.Queue(2)
-        threading.Thread(target=self._complete_loop, name="sluice-acker", daemon=True).start()
+        self._stage2: queue.Queue[_Batch | None] = queue.Queue()
+        for n in range(WRITERS):
+            threading.Thread(target=self._complete_loop, name=f"sluice-acker-{n + 1}",
+                             daemon=True).start()
         threading.Thread(target=self._checkpoint_loop, name="sluice-acker-store",
                          daemon=True).start()
 
@@ -114,42 +123,36 @@ class Acker:
                 if self._stop and not self._pending:
                     self._stage2.put(None)
                     return
-                acks, self._pending = self._pending, []
+                acks, self._pending = self._pending[:self._half], self._pending[self._half:]
+                if self._pending:
+                    self._cond.notify()  # the other writer takes the rest
             slots = sum(a.slot for a in acks)
             try:
                 batch = self._complete(acks, slots)
             except Exception:
                 log.exception("acknowledging %d record(s) failed", len(acks))
                 batch = _Batch(acks, slots, {}, None)
-            if batch.items is None:  # not marked done: their chunks stop and are taken over
+            if batch.stale is None:  # not marked done: their chunks stop and are taken over
                 for a in acks:
                     a.running.lost = True
-            freed = slots - batch.slots
-            for _ in range(freed):
-                self._window.release()
+            if slots > batch.slots:
+                self._window.release(slots - batch.slots)
             self._stage2.put(batch)
 
     def _complete(self, acks: list[_Ack], slots: int) -> _Batch:
         by_task: dict[int, Running] = {}
         to_complete: dict[int, list[Any]] = defaultdict(list)
-        executed: dict[int, int] = defaultdict(int)
         for a in acks:
-            # only this thread touches "done"; stage 2 gets a sorted copy
-            a.running.extra.setdefault("done", set()).add(a.index)
             by_task[a.running.task.id] = a.running
-            executed[a.running.task.id] += 1
             if a.complete:
                 to_complete[a.running.task.id].append(a.record)
         stale = retrying(self.w, "mark executed records done",
                          lambda: self._complete_in_sources(by_task, to_complete))
         if stale is None:
             return _Batch(acks, slots, by_task, None)
-        items = [(r.task.id, r.task.token, {"done": sorted(r.extra["done"])}, r.task.run_id,
-                  Counts(executed=executed[task_id], stale=stale.get(task_id, 0)))
-                 for task_id, r in by_task.items()]
         # records whose source completion is durable no longer hold their slot
         durable = sum(a.slot for a in acks if self._source(a.running) is not None)
-        return _Batch(acks, slots - durable, by_task, items)
+        return _Batch(acks, slots - durable, by_task, stale)
 
     def _source(self, running: Running) -> Any:
         source = self.w.app.pipelines[running.task.job].source
@@ -177,26 +180,50 @@ class Acker:
     # -- stage 2: the store -----------------------------------------------------------------
 
     def _checkpoint_loop(self) -> None:
-        """In batch order: save the progress in the store, then free the remaining slots."""
-        while (batch := self._stage2.get()) is not None:
+        """Save the progress of every batch waiting (one write), then free their slots."""
+        writers = WRITERS
+        while writers:
+            got = [self._stage2.get()]
+            while not self._stage2.empty():
+                got.append(self._stage2.get())
+            writers -= got.count(None)
+            batches = [b for b in got if b is not None]
             try:
-                if batch.items:
-                    self._checkpoint(batch.by_task, batch.items)
+                self._checkpoint([b for b in batches if b.stale is not None])
             except Exception:
-                log.exception("acknowledging %d record(s) failed", len(batch.acks))
+                log.exception("acknowledging %d record(s) failed",
+                              sum(len(b.acks) for b in batches))
             finally:
                 with self._cond:
-                    for a in batch.acks:
+                    for a in (a for b in batches for a in b.acks):
                         task_id = a.running.task.id
                         self._inflight[task_id] -= 1
                         if self._inflight[task_id] <= 0 and task_id in self._written:
                             self._written[task_id].set()
-                for _ in range(batch.slots):
-                    self._window.release()
+                slots = sum(b.slots for b in batches)
+                if slots:
+                    self._window.release(slots)
 
-    def _checkpoint(self, by_task: dict[int, Running],
-                    items: list[tuple[int, int, Any, int, Counts]]) -> None:
+    def _checkpoint(self, batches: list[_Batch]) -> None:
+        by_task: dict[int, Running] = {}
+        executed: dict[int, int] = defaultdict(int)
+        stale_done: dict[int, int] = defaultdict(int)
+        for b in batches:
+            assert b.stale is not None
+            for a in b.acks:
+                task_id = a.running.task.id
+                by_task[task_id] = a.running
+                # only this thread adds to a task's "done": the saved progress only grows
+                a.running.extra.setdefault("done", set()).add(a.index)
+                executed[task_id] += 1
+            for task_id, n in b.stale.items():
+                stale_done[task_id] += n
+        if not by_task:
+            return
+        items = [(task_id, r.task.token, {"done": sorted(r.extra["done"])}, r.task.run_id,
+                  Counts(executed=executed[task_id], stale=stale_done[task_id]))
+                 for task_id, r in by_task.items()]
         stale = with_store(self.w, "checkpoint executed records",
                            lambda: self.w.store.task_checkpoint(items))
-        for task_id in [item[0] for item in items] if stale is None else stale:
+        for task_id in list(by_task) if stale is None else stale:
             by_task[task_id].lost = True
