@@ -18,6 +18,7 @@ from sluice.alerts import Alert
 from sluice.errors import Cancelled, PipelineError
 from sluice.pipeline.acker import Acker
 from sluice.pipeline.pipeline import Pipeline, Shard
+from sluice.pipeline.tablesource import TableSource
 from sluice.rate.sizing import load_size
 from sluice.store import Counts, Store, TaskPlan
 from sluice.store.rows import dumps
@@ -122,7 +123,10 @@ def run_load(w: Worker, r: Running) -> None:
         return
     try:
         assert pipe.load_fn is not None
-        records = _records(call(pipe.load_fn, r.ctx, (shard, limit), w.loops, None), limit)
+        checked = isinstance(pipe.source, TableSource) and \
+            getattr(pipe.load_fn, "__self__", None) is pipe.source
+        records = _records(call(pipe.load_fn, r.ctx, (shard, limit), w.loops, None), limit,
+                           encodable=checked)
     except PipelineError as exc:
         return _layer_error(w, r, pipe, f"load of shard {shard!r}", exc, contract=True)
     except Exception as exc:
@@ -159,7 +163,9 @@ def _without_parked(w: Worker, r: Running, shard: Any, records: list[Any]) -> li
     return [rec for rec in records if dumps(rec) not in parked]
 
 
-def _records(result: Any, limit: int) -> list[Any]:
+def _records(result: Any, limit: int, encodable: bool = False) -> list[Any]:
+    """Check what a load returned. ``encodable``: made JSON-ready by the pipeline's own
+    source (``TableSource``), so it is not encoded once more just to check that."""
     if result is None:
         return []
     if isinstance(result, str | bytes | dict) or not isinstance(result, Iterable):
@@ -169,7 +175,8 @@ def _records(result: Any, limit: int) -> list[Any]:
         raise PipelineError(f"load returned {len(records)} records for limit {limit}; return "
                             "at most `limit` (slice your query with LIMIT)")
     try:
-        dumps(records)
+        if not encodable:
+            dumps(records)
     except (TypeError, ValueError) as exc:
         raise PipelineError(f"load returned a record that is not JSON-serialisable ({exc}); "
                             "return dicts of str/int/float/bool/None/lists") from None

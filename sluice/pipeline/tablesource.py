@@ -93,12 +93,13 @@ class TableSource:
                f'"{c["lease_owner"]}" = :owner)) '
                f'ORDER BY "{self.key}" LIMIT :limit {lock}) RETURNING *')
         with _one_statement(engine) as conn:
-            rows = conn.execute(text(sql), {
+            result = conn.execute(text(sql), {
                 "processing": s["processing"], "pending": s["pending"],
                 "owner": f"load:{getattr(ctx, 'task_id', 0) or ctx.node.id}",
                 "now": time.time(), "lease": self.lease, "token": ctx.fencing_token,
-                "limit": limit}).mappings().all()
-        return sorted((_jsonable(dict(r)) for r in rows), key=lambda r: r[self.key])
+                "limit": limit})
+            keys, rows = list(result.keys()), result.all()
+        return sorted(_jsonable(keys, rows), key=lambda r: r[self.key])
 
     def fence(self, shard: Any, records: list[dict[str, Any]], token: int,
               owner: str) -> set[Any]:
@@ -294,8 +295,17 @@ def _one_statement(engine: Engine) -> Iterator[Connection]:
                 yield conn
 
 
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: _json_value(v) for k, v in row.items()}
+_JSON_TYPES = {type(None), str, int, float, bool}
+
+
+def _jsonable(keys: list[str], rows: Any) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts; only columns holding other types (dates, decimals, bytes)
+    are converted, value by value."""
+    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in keys]
+    for column in columns:
+        if not {type(v) for v in column} <= _JSON_TYPES:
+            column[:] = [_json_value(v) for v in column]
+    return [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
 def _json_value(v: Any) -> Any:

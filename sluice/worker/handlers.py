@@ -44,14 +44,28 @@ def call(func: Callable[..., Any], ctx: Context, args: tuple[Any, ...], loops: L
          timeout: float | None) -> Any:
     """Run ``func(ctx, *args)`` to completion on this thread; raise TimeoutError after
     ``timeout`` seconds (async) or report it when it returns late (sync)."""
-    if inspect.iscoroutinefunction(func):
+    if _is_async(func):
         future = asyncio.run_coroutine_threadsafe(func(ctx, *args), loops.loop())
         return _wait_async(future, ctx, timeout)
     result = func(ctx, *args)
-    if inspect.isawaitable(result):  # a sync function returning a coroutine
+    if result is not None and inspect.isawaitable(result):  # a sync function returning a coroutine
         return _wait_async(asyncio.run_coroutine_threadsafe(_await(result), loops.loop()),
                            ctx, timeout)
     return result
+
+
+_async: dict[Callable[..., Any], bool] = {}
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    """``inspect.iscoroutinefunction``, remembered: it is asked once per record."""
+    try:
+        known = _async.get(func)
+        if known is None:
+            known = _async[func] = inspect.iscoroutinefunction(func)
+        return known
+    except TypeError:  # an unhashable callable object
+        return inspect.iscoroutinefunction(func)
 
 
 async def _await(awaitable: Any) -> Any:
