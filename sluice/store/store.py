@@ -308,14 +308,19 @@ class Store(ReadViews):
         tx.notify("runs")
         return state
 
-    def _end_task(self, tx: Tx, task: Row, state: str, error: str | None) -> str | None:
-        """Close a task (done, dead or skipped); close its run when it was the last one open."""
+    def _end_task(self, tx: Tx, task: Row, state: str, error: str | None,
+                  counts: Counts | None = None, opened: int = 0) -> str | None:
+        """Close a task (done, dead or skipped), adding ``counts`` and ``opened`` new tasks to
+        its run; close the run when it was the last one open. Wakes the nodes when this made
+        work claimable (the parent loader's turn came)."""
         dead = state == "dead"
         tx.run("task_set_state", id=task["id"], state=state, error=error, delay=0.0)
         if task.get("parent_id"):
-            tx.run("task_child_done", id=task["parent_id"])
-        run = tx.one("run_task_ended", id=task["run_id"], dead=int(dead),
-                     error=error if dead else None)
+            parent = tx.one("task_child_done", id=task["parent_id"])
+            if parent is not None and parent["state"] == "pending":
+                tx.notify("tasks")
+        run = tx.one("run_task_ended", id=task["run_id"], dead=int(dead), opened=opened,
+                     error=error if dead else None, **vars(counts or Counts()))
         if run is None or run["open_tasks"] > 0:
             return None
         return self._finish_run(tx, task["run_id"], run["job"], bool(run["cancel_requested"]),
@@ -463,19 +468,19 @@ class Store(ReadViews):
         """End an execute chunk (fenced): count it, queue its failed records for another
         attempt (a sibling chunk under the same loader), park those out of attempts."""
         with self.db.transaction() as tx:
-            task = self._fenced(tx, task_id, token, counts)
+            task = self._fenced(tx, task_id, token, None)
             if task is None:
                 return self._stale(tx, task_id)
             if retry is not None:
                 self._insert_tasks(tx, task["run_id"], task["job"], [retry])
-                tx.run("run_open_tasks", id=task["run_id"], n=1)
                 if retry.parent_id:
                     tx.run("task_add_children", id=retry.parent_id, n=1)
+                tx.notify("tasks")
             for record, error, attempts in parked:
                 tx.run("dead_insert", job=task["job"], run_id=task["run_id"], shard=shard,
                        record=dumps(record), error=error, attempts=attempts)
-            finished = self._end_task(tx, task, "done", None)
-            tx.notify("tasks")
+            finished = self._end_task(tx, task, "done", None, counts,
+                                      opened=int(retry is not None))
         return Outcome(run_finished=finished)
 
     def run_create(self, job: str, trigger: str, tasks: list[TaskPlan]) -> int:

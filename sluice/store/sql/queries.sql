@@ -125,10 +125,15 @@ UPDATE sluice_runs SET state = 'pending', open_tasks = :open_tasks, started_at =
 UPDATE sluice_runs SET open_tasks = open_tasks + :n WHERE id = :id
 
 -- name: run_task_ended
-UPDATE sluice_runs SET open_tasks = open_tasks - 1,
+-- The run's row is every task's hot spot: a task's end touches it once, with its counts, as
+-- the last statement before COMMIT, so the row lock is held as briefly as possible.
+UPDATE sluice_runs SET open_tasks = open_tasks - 1 + :opened,
        state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
        dead_tasks = dead_tasks + :dead,
-       error = COALESCE(:error, error)
+       error = COALESCE(:error, error),
+       shards = shards + :shards, loaded = loaded + :loaded,
+       executed = executed + :executed, failed = failed + :failed, parked = parked + :parked,
+       reexecuted = reexecuted + :reexecuted, stale = stale + :stale
  WHERE id = :id
 RETURNING open_tasks, job, cancel_requested, dead_tasks, error
 
@@ -256,6 +261,7 @@ UPDATE sluice_tasks SET waiting_on = waiting_on - 1,
        state = CASE WHEN waiting_on - 1 = 0 AND state = 'waiting' THEN 'pending' ELSE state END,
        available_at = {now}, attempt = 0
  WHERE id = :id
+RETURNING state
 
 -- name: task_expired
 SELECT id, run_id, job, kind, parent_id, attempt, max_attempts, owner, token, payload, progress,
