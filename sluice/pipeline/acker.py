@@ -55,6 +55,38 @@ class _Batch:
     stale: dict[int, int] | None  # completions rejected per task; None: stage 1 gave up
 
 
+class _Window:
+    """The node's in-flight window: a counting semaphore whose waiters may take several
+    slots at once. A release wakes one waiter, and each waiter that leaves slots free wakes
+    the next: a release of many slots wakes only as many threads as take them."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiting = 0
+        self._cond = threading.Condition(threading.Lock())
+
+    def acquire(self, upto: int = 1) -> int:
+        """Wait for a free slot; take up to ``upto`` of those free. Returns how many."""
+        with self._cond:
+            while self._free <= 0:
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
+            n = min(upto, self._free)
+            self._free -= n
+            if self._free and self._waiting:
+                self._cond.notify()
+            return n
+
+    def release(self, n: int = 1) -> None:
+        with self._cond:
+            self._free += n
+            if self._waiting:
+                self._cond.notify()
+
+
 class Acker:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
@@ -65,7 +97,7 @@ class Acker:
         self._written: dict[int, threading.Event] = {}  # task id -> all its acks written
         self._pending: list[_Ack] = []
         self._inflight: dict[int, int] = defaultdict(int)  # task id -> unacknowledged records
-        self._window = threading.BoundedSemaphore(max(1, worker.node.concurrency))
+        self._window = _Window(max(1, worker.node.concurrency))
         self._half = max(1, worker.node.concurrency // 2)
         self._stop = False
         self._stage2: queue.Queue[_Batch | None] = queue.Queue()
@@ -75,13 +107,15 @@ class Acker:
         threading.Thread(target=self._checkpoint_loop, name="sluice-acker-store",
                          daemon=True).start()
 
-    def begin(self) -> None:
-        """Take a slot of the node's in-flight window before a record starts executing."""
-        self._window.acquire()
+    def begin(self, upto: int = 1) -> int:
+        """Take slots of the node's in-flight window before records start executing: waits
+        for one, takes up to ``upto`` if free (a thread running fast records then switches
+        less). Returns how many were taken; give back unused ones with :meth:`abandon`."""
+        return self._window.acquire(upto)
 
-    def abandon(self) -> None:
-        """Give the slot back for a record that will not be acknowledged (it failed)."""
-        self._window.release()
+    def abandon(self, n: int = 1) -> None:
+        """Give slots back for records that will not be acknowledged (failed, or not run)."""
+        self._window.release(n)
 
     def ack(self, running: Running, index: int, record: Any, slot: bool = True,
             complete: bool = True) -> None:
@@ -91,7 +125,11 @@ class Acker:
         with self._cond:
             self._pending.append(_Ack(running, index, record, slot, complete))
             self._inflight[running.task.id] += 1
-            self._written.setdefault(running.task.id, threading.Event()).clear()
+            written = self._written.get(running.task.id)
+            if written is None:
+                self._written[running.task.id] = threading.Event()
+            else:
+                written.clear()
             self._cond.notify()  # only the writer waits on the condition
 
     def drain(self, running: Running) -> None:

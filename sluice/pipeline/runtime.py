@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.pipeline")
 LAYER_ATTEMPTS = 3  # split and load calls that raise are retried this often before the run fails
 _acker_lock = threading.Lock()
+# A chunk whose records take under FAST_RECORD seconds takes window slots SLOT_GROUP at a time:
+# one thread then runs several records per wake-up. Slow records take one slot each, so that
+# every thread of the node can be waiting on a record of its own.
+FAST_RECORD = 0.0005
+SLOT_GROUP = 8
 
 
 def acker(w: Worker) -> Acker:
@@ -249,25 +254,34 @@ def _execute_all(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
     if pipe.execute_batch_fn is not None:
         return _execute_batch(w, r, pipe, records, todo)
     assert pipe.execute_fn is not None
-    for i in todo:
-        if r.lost:
-            break
-        if gate is not None:
-            gate.acquire(pipe.name)  # the pipeline's qps share on this node (sluice.rate)
-        ctx.attempt = attempts[i] + 1
-        ack.begin()  # a slot of the node's in-flight window: bounds re-runs on a kill
-        started = time.perf_counter()
-        try:
-            call(pipe.execute_fn, ctx, (records[i],), w.loops, pipe.spec.timeout)
-        except Cancelled:
-            failures[i] = "Cancelled"
-        except Exception as exc:  # a record's failure is its own attempt, never the worker's
-            failures[i] = f"{type(exc).__name__}: {exc}"
-        stats.executed(pipe.name, time.perf_counter() - started, i not in failures)
-        if i in failures:
-            ack.abandon()
-        else:
-            ack.ack(r, i, records[i])
+    slots, fast = 0, False
+    try:
+        for n, i in enumerate(todo):
+            if r.lost:
+                break
+            if gate is not None:
+                gate.acquire(pipe.name)  # the pipeline's qps share on this node (sluice.rate)
+            ctx.attempt = attempts[i] + 1
+            if not slots:  # slots of the node's in-flight window: bound re-runs on a kill
+                slots = ack.begin(min(SLOT_GROUP, len(todo) - n) if fast else 1)
+            slots -= 1
+            started = time.perf_counter()
+            try:
+                call(pipe.execute_fn, ctx, (records[i],), w.loops, pipe.spec.timeout)
+            except Cancelled:
+                failures[i] = "Cancelled"
+            except Exception as exc:  # a record's failure is its own attempt, never the worker's
+                failures[i] = f"{type(exc).__name__}: {exc}"
+            took = time.perf_counter() - started
+            fast = took < FAST_RECORD
+            stats.executed(pipe.name, took, i not in failures)
+            if i in failures:
+                ack.abandon()
+            else:
+                ack.ack(r, i, records[i])
+    finally:
+        if slots:
+            ack.abandon(slots)
     return failures
 
 
