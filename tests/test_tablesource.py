@@ -6,9 +6,12 @@ the way the pipeline runtime does, and reads the rows back to check the state ma
 
 from __future__ import annotations
 
+import datetime
 import itertools
+import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -319,3 +322,22 @@ def test_missing_table_or_state_column_is_a_pipeline_error_naming_the_fix(engine
     message = str(err.value)
     assert "lacks column(s)" in message and "lease_token" in message and "state_ddl" in message
     assert "status" not in message.split("lacks column(s)")[1].split(";")[0]
+
+
+def test_uuid_keys_and_timestamp_columns_load_as_text_and_complete(engine):
+    """Keys and columns of types JSON lacks travel as text and still find their rows."""
+    uuid_type = "UUID" if engine.dialect.name == "postgresql" else "VARCHAR(36)"
+    keys = [str(uuid.UUID(int=i)) for i in range(1, 6)]
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE TABLE "{TABLE}" (id {uuid_type} PRIMARY KEY, '
+                          f"due TIMESTAMP NOT NULL, {DDL})"))
+        conn.execute(text(f'INSERT INTO "{TABLE}" (id, due) VALUES (:id, :due)'),
+                     [{"id": k, "due": datetime.datetime(2026, 12, 1, 9, 30)} for k in keys])
+    src = source(engine)
+    loaded = src.load(ctx(task_id=1, token=7), SHARD, 10)
+    assert [r["id"] for r in loaded] == keys
+    assert all(isinstance(r["due"], str) and r["due"].startswith("2026-12-01") for r in loaded)
+    json.dumps(loaded)  # a chunk's payload
+    assert src.complete_many([(SHARD, loaded[:2], 7), (SHARD, loaded[2:], 6)]) == [0, 3]
+    assert [r["status"] for r in rows(engine).values()] == ["DONE"] * 2 + ["PROCESSING"] * 3
+
