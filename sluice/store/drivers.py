@@ -69,6 +69,11 @@ class Driver:
         lock, so it never queues behind the workers' writes."""
         return self.transaction()
 
+    def single(self) -> contextlib.AbstractContextManager[Tx]:
+        """For one statement, which is atomic by itself: on PostgreSQL it runs in autocommit
+        (one round trip instead of BEGIN, statement, COMMIT)."""
+        return self.transaction()
+
     def prepare(self, cur: Any, name: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return render(name, self.dialect, self.tokens), params
 
@@ -217,6 +222,20 @@ class PostgresDriver(Driver):
             with self._pool.connection() as conn:
                 with conn.transaction(), conn.cursor() as cur:
                     yield Tx(self, cur)
+                conn._sluice_used = time.monotonic()  # type: ignore[attr-defined]
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StoreError(f"PostgreSQL unavailable: {exc}".strip()) from exc
+
+    @contextlib.contextmanager
+    def single(self) -> Iterator[Tx]:
+        try:
+            with self._pool.connection() as conn:
+                conn.autocommit = True
+                try:
+                    with conn.cursor() as cur:
+                        yield Tx(self, cur)
+                finally:
+                    conn.autocommit = False
                 conn._sluice_used = time.monotonic()  # type: ignore[attr-defined]
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StoreError(f"PostgreSQL unavailable: {exc}".strip()) from exc

@@ -419,15 +419,20 @@ class Store(ReadViews):
         task ids are returned."""
         stale: set[int] = set()
         totals: dict[int, dict[str, int]] = {}
-        with self.db.transaction() as tx:
-            if self.dialect == "postgresql":  # one statement for the whole group commit
+        group_commit = all(Counts(executed=c.executed, stale=c.stale) == c
+                           for *_, c in items)  # what the record acker sends
+        if self.dialect == "postgresql" and group_commit:  # one statement, one round trip
+            with self.db.single() as tx:
                 kept = {r["id"] for r in tx.all(
                     "task_checkpoint_many", ids=[i[0] for i in items],
-                    tokens=[i[1] for i in items], progress=[dumps(i[2]) for i in items])}
-                stale = {i[0] for i in items} - kept
+                    tokens=[i[1] for i in items], progress=[dumps(i[2]) for i in items],
+                    runs=[i[3] for i in items], executed=[i[4].executed for i in items],
+                    stale=[i[4].stale for i in items])}
+            return {i[0] for i in items} - kept
+        with self.db.transaction() as tx:
             for task_id, token, progress, run_id, counts in items:
-                if self.dialect != "postgresql" and not tx.run(
-                        "task_checkpoint", id=task_id, token=token, progress=dumps(progress)):
+                if not tx.run("task_checkpoint", id=task_id, token=token,
+                              progress=dumps(progress)):
                     stale.add(task_id)
                 if task_id in stale:
                     counts = Counts(stale=1)

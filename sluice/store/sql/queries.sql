@@ -240,13 +240,24 @@ UPDATE sluice_tasks SET progress = :progress
  WHERE id = :id AND token = :token AND state = 'running'
 
 -- name: task_checkpoint_many@postgresql
--- Several running tasks' progress in one statement, rows locked in id order.
+-- A group commit in one statement: several running tasks' progress (rows locked in id order)
+-- and their runs' counters. A task whose token is stale adds only stale = 1 to its run.
 WITH h AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[]),
-                                CAST(:progress AS text[])) AS h(id, token, progress)),
+                                CAST(:progress AS text[]), CAST(:runs AS bigint[]),
+                                CAST(:executed AS bigint[]), CAST(:stale AS bigint[]))
+                    AS h(id, token, progress, run_id, executed, stale)),
      locked AS (SELECT s.id, h.progress FROM sluice_tasks s JOIN h ON s.id = h.id
-                 AND s.token = h.token WHERE s.state = 'running' ORDER BY s.id FOR UPDATE OF s)
-UPDATE sluice_tasks t SET progress = locked.progress FROM locked WHERE t.id = locked.id
-RETURNING t.id
+                 AND s.token = h.token WHERE s.state = 'running' ORDER BY s.id FOR UPDATE OF s),
+     saved AS (UPDATE sluice_tasks t SET progress = locked.progress FROM locked
+                WHERE t.id = locked.id RETURNING t.id),
+     totals AS (SELECT h.run_id,
+                       sum(CASE WHEN saved.id IS NULL THEN 0 ELSE h.executed END) AS executed,
+                       sum(CASE WHEN saved.id IS NULL THEN 1 ELSE h.stale END) AS stale
+                  FROM h LEFT JOIN saved ON saved.id = h.id GROUP BY h.run_id),
+     counted AS (UPDATE sluice_runs r SET executed = r.executed + totals.executed,
+                        stale = r.stale + totals.stale
+                   FROM totals WHERE r.id = totals.run_id RETURNING r.id)
+SELECT id FROM saved
 
 -- name: task_wait_children
 UPDATE sluice_tasks SET state = 'waiting', owner = NULL, lease_until = NULL,
