@@ -113,6 +113,7 @@ def _load_size(w: Worker, r: Running, pipe: Pipeline) -> int | None:
     if size.limit == 0:
         with_store(w, "defer load", lambda: w.store.task_release(r.task.id, r.task.token,
                                                                   size.defer))
+        w.wake_in(size.defer)
         return None
     if gate is not None and pipe.name in gate.jobs:
         gate.jobs[pipe.name].loader = size.limit

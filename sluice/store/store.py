@@ -486,6 +486,9 @@ class Store(ReadViews):
                        record=dumps(record), error=error, attempts=attempts)
             finished = self._end_task(tx, task, "done", None, counts,
                                       opened=int(retry is not None))
+            # every chunk end wakes the nodes: without it a rate-limited pipeline dipped by
+            # up to a third for seconds at a time (bench rate_curve, 2,000/s)
+            tx.notify("tasks")
         return Outcome(run_finished=finished)
 
     def run_create(self, job: str, trigger: str, tasks: list[TaskPlan]) -> int:

@@ -70,6 +70,7 @@ class Worker:
         self._jobs_dirty = True
         self._runs_checked = 0.0  # monotonic time of the last look for ready runs
         self._runs_dirty = True  # a "runs" wake-up came since that look
+        self._wake_at: float | None = None  # monotonic time a task this node put off is due
         self.plugins: dict[str, Any] = {}  # per-node helpers (the record acker, rate gates)
         self.started = time.monotonic()
         self.stats = NodeStats()  # what this node executed (heartbeat info, /metrics)
@@ -218,10 +219,24 @@ class Worker:
         orphans = [g for g in names if g not in live and self.app.group_takeover(g)]
         return [self.node.group, *orphans]
 
+    def wake_in(self, seconds: float) -> None:
+        """Look for work again in ``seconds`` (a task this node put off is due then; no
+        NOTIFY announces that)."""
+        due = time.monotonic() + seconds
+        with self._lock:
+            if self._wake_at is None or due < self._wake_at or self._wake_at < time.monotonic():
+                self._wake_at = due
+
     def _sleep_time(self) -> float:
         wait = self.settings.poll()
         if self._next_fire is not None:
             wait = min(wait, self._next_fire - self.offset - time.time())
+        now = time.monotonic()
+        with self._lock:
+            if self._wake_at is not None:
+                wait = min(wait, self._wake_at - now)
+                if self._wake_at <= now:  # due: one more look, then forget it
+                    self._wake_at = None
         return max(0.0, wait)
 
     # -- start, heartbeat, drain -----------------------------------------------------------
