@@ -29,7 +29,11 @@ def _job(store: Store, name: str = "j", next_fire: float | None = None) -> float
 
 def test_migration_is_idempotent_and_refuses_a_newer_schema(store, store_url):
     assert store.migrate() == SCHEMA_VERSION
-    assert Store.open(store_url).migrate() == SCHEMA_VERSION
+    again = Store.open(store_url)
+    try:
+        assert again.migrate() == SCHEMA_VERSION
+    finally:
+        again.close()
     with store.db.transaction() as tx:
         tx._cur.execute("UPDATE sluice_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(SchemaError, match="newer"):

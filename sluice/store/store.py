@@ -60,7 +60,11 @@ class Store(ReadViews):
     def open(cls, url: str, *, migrate: bool = True, pool_size: int = 4) -> Store:
         store = cls(open_driver(url, pool_size))
         if migrate:
-            store.migrate()
+            try:
+                store.migrate()
+            except BaseException:
+                store.close()  # its connection pool must not outlive the failed open
+                raise
         return store
 
     def migrate(self) -> int:
