@@ -200,17 +200,18 @@ def run_exec(w: Worker, r: Running) -> None:
     r.extra["done"] = done
     r.extra["row_token"] = payload.get("row_token", r.task.token)
     source = pipe.source
-    if source is not None and hasattr(source, "fence") and todo and _must_fence(w, r, source):
-        r.extra["row_token"] = r.task.token
-        try:
-            held = retrying(w, "fence rows", lambda: (source.fence(
-                payload.get("shard"), [records[i] for i in todo], r.task.token, w.node.id),))
-        except PipelineError as exc:
-            return _layer_error(w, r, pipe, "execute (fencing rows)", exc, contract=True)
-        if held is None:
-            return  # the business database stayed away: the lease lapses, the chunk moves on
-        todo = _skip_finished(w, r, records, todo, held[0], source)
-    if source is not None and hasattr(source, "fence"):
+    if source is not None and hasattr(source, "fence"):  # rows that carry a fencing token
+        if todo and _must_fence(w, r, source):
+            r.extra["row_token"] = r.task.token
+            try:
+                held = retrying(w, "fence rows", lambda: (source.fence(
+                    payload.get("shard"), [records[i] for i in todo], r.task.token,
+                    w.node.id),))
+            except PipelineError as exc:
+                return _layer_error(w, r, pipe, "execute (fencing rows)", exc, contract=True)
+            if held is None:
+                return  # the business database stayed away: the lease lapses, the chunk moves
+            todo = _skip_finished(w, r, records, todo, held[0], source)
         r.ctx.fencing_token = r.extra["row_token"]  # the token the records' rows carry
     failures = _execute_all(w, r, pipe, records, attempts, todo)
     acker(w).drain(r)

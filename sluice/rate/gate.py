@@ -182,10 +182,10 @@ class RateGate:
     def _set_local(self, rate: JobRate, qps: float, share: float, nodes: int,
                    busy: bool) -> None:
         if isinstance(rate.limiter, SmoothLimiter):
-            if abs(rate.limiter.rate - share) > 1e-9 * share:
-                rate.limiter.set_rate(share)
-                log.info("%s: rate %.1f/s on this node (%d live node(s), cluster %g/s)",
-                         rate.spec.name, share, nodes, qps)
+            if abs(rate.limiter.rate - share) <= 1e-9 * share:
+                rate.qps, rate.share = qps, share
+                return
+            rate.limiter.set_rate(share)
         else:
             # Warm-up protects the downstream: a node joining while others keep it busy
             # starts warm (starting cold, it would also sit on the chunks it claimed). It
@@ -195,8 +195,8 @@ class RateGate:
                                          cold=not busy)
             if busy:
                 rate.hold_until = time.monotonic() + self.heartbeat
-            log.info("%s: rate %.1f/s on this node (%d live node(s), cluster %g/s)",
-                     rate.spec.name, share, nodes, qps)
+        log.info("%s: rate %.1f/s on this node (%d live node(s), cluster %g/s)",
+                 rate.spec.name, share, nodes, qps)
         rate.qps, rate.share = qps, share
 
     def _set_global(self, rate: JobRate, qps: float) -> None:

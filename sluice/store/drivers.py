@@ -37,6 +37,7 @@ class Tx:
     def __init__(self, driver: Driver, cur: Any) -> None:
         self._driver = driver
         self._cur = cur
+        self._notified: set[str] = set()
 
     def _exec(self, name: str, params: dict[str, Any]) -> Any:
         sql, params = self._driver.prepare(self._cur, name, params)
@@ -54,7 +55,11 @@ class Tx:
         return int(self._exec(name, params).rowcount)
 
     def notify(self, channel: str) -> None:
-        self._driver.pending_notify(self, channel)
+        """Wake the listening nodes at commit; once per channel per transaction (the server
+        would fold repeats anyway, but each call is a round trip)."""
+        if channel not in self._notified:
+            self._notified.add(channel)
+            self._driver.pending_notify(self, channel)
 
 
 class Driver:

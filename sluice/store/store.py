@@ -484,7 +484,6 @@ class Store(ReadViews):
                 self._insert_tasks(tx, task["run_id"], task["job"], [retry])
                 if retry.parent_id:
                     tx.run("task_add_children", id=retry.parent_id, n=1)
-                tx.notify("tasks")
             for record, error, attempts in parked:
                 tx.run("dead_insert", job=task["job"], run_id=task["run_id"], shard=shard,
                        record=dumps(record), error=error, attempts=attempts)
