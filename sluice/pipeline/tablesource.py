@@ -85,13 +85,19 @@ class TableSource:
         pg = engine.dialect.name == "postgresql"
         lock = "FOR UPDATE SKIP LOCKED" if pg else ""
         now = _now_sql(engine)
+        # Two locked picks, each an ordered walk of an index on (status, key) when the table
+        # has one: rows to take back first (a lapsed lease, or this load's own earlier
+        # attempt; few), then pending rows. One OR-ed pick would walk the key index past
+        # every finished row, at every load.
+        pick = (f'SELECT "{self.key}" FROM "{table}" WHERE "{c["status"]}" = {{}} '
+                f'ORDER BY "{c["status"]}", "{self.key}" LIMIT :limit {lock}')
+        stuck = pick.format(f':processing AND ("{c["lease_until"]}" < {now} OR '
+                            f'"{c["lease_owner"]}" = :owner)')
         sql = (f'UPDATE "{table}" SET "{c["status"]}" = :processing, "{c["attempts"]}" = '
                f'"{c["attempts"]}" + 1, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = '
                f'{now} + :lease, "{c["lease_token"]}" = :token WHERE "{self.key}" IN ('
-               f'SELECT "{self.key}" FROM "{table}" WHERE "{c["status"]}" = :pending OR '
-               f'("{c["status"]}" = :processing AND ("{c["lease_until"]}" < {now} OR '
-               f'"{c["lease_owner"]}" = :owner)) '
-               f'ORDER BY "{self.key}" LIMIT :limit {lock}) RETURNING *')
+               f'SELECT "{self.key}" FROM ({stuck}) AS stuck UNION ALL SELECT "{self.key}" '
+               f'FROM ({pick.format(":pending")}) AS fresh LIMIT :limit) RETURNING *')
         with _one_statement(engine) as conn:
             result = conn.execute(text(sql), {
                 "processing": s["processing"], "pending": s["pending"],
@@ -115,11 +121,11 @@ class TableSource:
         stamp = text(f'UPDATE "{table}" SET "{c["lease_token"]}" = :token, "{c["status"]}" = '
                      f':processing, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = '
                      f'{_now_sql(engine)} + :lease WHERE "{self.key}" IN :keys AND '
-                     f'"{c["lease_token"]}" < :token AND "{c["status"]}" IN (:processing, '
-                     f':failed)'
+                     f'"{c["lease_token"]}" < :token AND ("{c["status"]}" IN (:processing, '
+                     f':failed)) IS TRUE'
                      ).bindparams(bindparam("keys", expanding=True))
         held = text(f'SELECT "{self.key}" FROM "{table}" WHERE "{self.key}" IN :keys AND '
-                    f'"{c["lease_token"]}" = :token AND "{c["status"]}" = :processing'
+                    f'"{c["lease_token"]}" = :token AND ("{c["status"]}" = :processing) IS TRUE'
                     ).bindparams(bindparam("keys", expanding=True))
         with engine.begin() as conn:
             conn.execute(stamp, {"token": token, "processing": s["processing"],
@@ -170,12 +176,16 @@ class TableSource:
 
     def _update_sql(self, table: str, version: Any, mark: str) -> str:
         """Rows still on the version they were loaded with become DONE, re-marked rows go
-        back to PENDING; only while ``token`` still holds them."""
+        back to PENDING; only while ``token`` still holds them. ``(status = x) IS TRUE`` is
+        the same test in a form no index on status serves, so rows are found by key: with
+        statistics from a moment ago (every row PENDING) PostgreSQL would otherwise walk all
+        the table's PROCESSING rows to complete a few."""
         c = self.col
         same = f'"{c["version"]}" IS NULL' if version is None else f'"{c["version"]}" = {mark}'
         return (f'UPDATE "{table}" SET "{c["status"]}" = CASE WHEN {same} THEN {mark} ELSE '
                 f'{mark} END, "{c["lease_owner"]}" = NULL, "{c["lease_until"]}" = NULL WHERE '
-                f'"{c["lease_token"]}" = {mark} AND "{c["status"]}" = {mark} AND "{self.key}" IN ')
+                f'"{c["lease_token"]}" = {mark} AND ("{c["status"]}" = {mark}) IS TRUE AND '
+                f'"{self.key}" IN ')
 
     def _update_params(self, token: int, version: Any) -> list[Any]:
         s = self.states
