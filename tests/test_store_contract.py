@@ -181,6 +181,37 @@ def test_rate_backlog_counts_loaded_not_executed_records_and_open_loaders(store)
     assert store.rate_backlog("other") == (0, 0)
 
 
+def test_a_run_ends_with_its_last_task_and_chunks_leave_the_run_row_alone(store):
+    """Chunks are covered by their waiting loader: their ends count on the run only when they
+    carry counts, and the run ends when its loader (the last task without a parent) does."""
+    from sluice.store import Counts
+
+    _job(store)
+    store.run_fire("j", store.job_get("j")["next_fire_at"], None, [Firing(scheduled_at=1.0)],
+                   "skip", lambda f: [TaskPlan(kind="load")])
+    loader = store.task_claim("n", 1, [], None, 30)[0]
+    with pytest.raises(ValueError, match="wait=True"):
+        store.task_spawn(loader.id, loader.token, [TaskPlan(kind="exec", parent_id=loader.id)],
+                         wait=False)
+    store.task_spawn(loader.id, loader.token,
+                     [TaskPlan(kind="exec", parent_id=loader.id) for _ in range(2)],
+                     Counts(loaded=20))
+    assert store.run_get(loader.run_id)["open_tasks"] == 1
+    first, second = sorted(store.task_claim("n", 5, [], None, 30), key=lambda t: t.id)
+    store.task_finish_chunk(first.id, first.token, Counts(), None, [], "s")
+    retry = TaskPlan(kind="exec", parent_id=loader.id, payload={"records": [1]})
+    out = store.task_finish_chunk(second.id, second.token, Counts(failed=1), retry, [], "s")
+    run = store.run_get(loader.run_id)
+    assert (run["open_tasks"], run["failed"], run["state"]) == (1, 1, "running")
+    assert out.run_finished is None
+    again = store.task_claim("n", 5, [], None, 30)
+    assert [t.kind for t in again] == ["exec"]  # the retry; the loader still waits for it
+    store.task_finish_chunk(again[0].id, again[0].token, Counts(), None, [], "s")
+    loader = store.task_claim("n", 5, [], None, 30)[0]  # its turn came: load again, or end
+    assert store.task_complete(loader.id, loader.token).run_finished == "succeeded"
+    assert store.run_get(loader.run_id)["open_tasks"] == 0
+
+
 def test_overlap_policies_at_the_store(store):
     for policy, expected in (("skip", ["pending", "skipped", "skipped"]),
                              ("queue", ["pending", "queued", "skipped"]),

@@ -46,7 +46,7 @@ def _scripts(dialect: str) -> list[tuple[int, str]]:
     return [(int(name.split("_", 1)[0]), folder.joinpath(name).read_text()) for name in files]
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Store(ReadViews):
@@ -316,15 +316,25 @@ class Store(ReadViews):
                   counts: Counts | None = None, opened: int = 0) -> str | None:
         """Close a task (done, dead or skipped), adding ``counts`` and ``opened`` new tasks to
         its run; close the run when it was the last one open. Wakes the nodes when this made
-        work claimable (the parent loader's turn came)."""
+        work claimable (the parent loader's turn came).
+
+        A run counts only its tasks without a parent as open: a child (an execute chunk) is
+        covered by its parent, which waits for it. So a chunk's end touches its parent's row
+        and, unless it has something to count, not the run's: the run's row would otherwise
+        be a lock every chunk of every node queues on."""
         dead = state == "dead"
         tx.run("task_set_state", id=task["id"], state=state, error=error, delay=0.0)
+        closed = 1
         if task.get("parent_id"):
+            closed = 0
             parent = tx.one("task_child_done", id=task["parent_id"])
             if parent is not None and parent["state"] == "pending":
                 tx.notify("tasks")
-        run = tx.one("run_task_ended", id=task["run_id"], dead=int(dead), opened=opened,
-                     error=error if dead else None, **vars(counts or Counts()))
+        counts = counts or Counts()
+        if not (closed or opened or dead or counts.any()):
+            return None
+        run = tx.one("run_task_ended", id=task["run_id"], closed=closed, opened=opened,
+                     dead=int(dead), error=error if dead else None, **vars(counts))
         if run is None or run["open_tasks"] > 0:
             return None
         return self._finish_run(tx, task["run_id"], run["job"], bool(run["cancel_requested"]),
@@ -458,9 +468,13 @@ class Store(ReadViews):
             task = self._fenced(tx, task_id, token, counts)
             if task is None:
                 return self._stale(tx, task_id)
-            self._insert_tasks(tx, task["run_id"], task["job"], children)
-            tx.run("run_open_tasks", id=task["run_id"], n=len(children))
             parented = sum(1 for c in children if c.parent_id == task_id)
+            if parented and not wait:
+                raise ValueError("task_spawn: children of this task need wait=True (a parent "
+                                 "outlives its children, so they are not counted on the run)")
+            self._insert_tasks(tx, task["run_id"], task["job"], children)
+            if len(children) > parented:
+                tx.run("run_open_tasks", id=task["run_id"], n=len(children) - parented)
             finished = None
             if complete:
                 finished = self._end_task(tx, task, "done", None)
@@ -488,7 +502,7 @@ class Store(ReadViews):
                 tx.run("dead_insert", job=task["job"], run_id=task["run_id"], shard=shard,
                        record=dumps(record), error=error, attempts=attempts)
             finished = self._end_task(tx, task, "done", None, counts,
-                                      opened=int(retry is not None))
+                                      opened=int(retry is not None and not retry.parent_id))
             # every chunk end wakes the nodes: without it a rate-limited pipeline dipped by
             # up to a third for seconds at a time (bench rate_curve, 2,000/s)
             tx.notify("tasks")

@@ -125,9 +125,10 @@ UPDATE sluice_runs SET state = 'pending', open_tasks = :open_tasks, started_at =
 UPDATE sluice_runs SET open_tasks = open_tasks + :n WHERE id = :id
 
 -- name: run_task_ended
--- The run's row is every task's hot spot: a task's end touches it once, with its counts, as
--- the last statement before COMMIT, so the row lock is held as briefly as possible.
-UPDATE sluice_runs SET open_tasks = open_tasks - 1 + :opened,
+-- The run's row is a hot spot: a task's end touches it once, with its counts, as the last
+-- statement before COMMIT, so the row lock is held as briefly as possible. :closed is 0 for
+-- a child task, which its parent covers (Store._end_task).
+UPDATE sluice_runs SET open_tasks = open_tasks - :closed + :opened,
        state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
        dead_tasks = dead_tasks + :dead,
        error = COALESCE(:error, error),
