@@ -330,15 +330,23 @@ class Store(ReadViews):
             parent = tx.one("task_child_done", id=task["parent_id"])
             if parent is not None and parent["state"] == "pending":
                 tx.notify("tasks")
-        counts = counts or Counts()
-        if not (closed or opened or dead or counts.any()):
-            return None
-        run = tx.one("run_task_ended", id=task["run_id"], closed=closed, opened=opened,
-                     dead=int(dead), error=error if dead else None, **vars(counts))
+        run = self._tally(tx, task["run_id"], counts, closed=closed, opened=opened, dead=dead,
+                          error=error if dead else None)
         if run is None or run["open_tasks"] > 0:
             return None
         return self._finish_run(tx, task["run_id"], run["job"], bool(run["cancel_requested"]),
                                 run["dead_tasks"], run["error"])
+
+    def _tally(self, tx: Tx, run_id: int, counts: Counts | None, closed: int = 0,
+               opened: int = 0, dead: bool = False, error: str | None = None) -> Row | None:
+        """Add to the run's row: counts, tasks closed and opened, a dead task. Callers make it
+        their last statement, since the row stays locked until COMMIT and every node's tasks
+        queue on it. Returns the run's row after, or None when there was nothing to add."""
+        counts = counts or Counts()
+        if not (closed or opened or dead or counts.any()):
+            return None
+        return tx.one("run_tally", id=run_id, closed=closed, opened=opened, dead=int(dead),
+                      error=error, **vars(counts))
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -369,44 +377,41 @@ class Store(ReadViews):
                 rows = tx.all("task_renew", node=node, lease_ttl=lease_ttl, held=dumps(held))
         return {r["id"]: (r["token"], bool(r["cancel"])) for r in rows}
 
-    def _fenced(self, tx: Tx, task_id: int, token: int, counts: Counts | None) -> Row | None:
-        """The running task if ``token`` is still its token (locked), with ``counts`` added to
-        its run; None when the token is stale."""
-        task = tx.one("task_fenced", id=task_id, token=token)
-        if task is not None and counts is not None and counts.any():
-            tx.run("run_count", id=task["run_id"], **vars(counts))
-        return task
+    def _fenced(self, tx: Tx, task_id: int, token: int) -> Row | None:
+        """The running task if ``token`` is still its token (locked); None when it is stale."""
+        return tx.one("task_fenced", id=task_id, token=token)
 
     def task_complete(self, task_id: int, token: int, counts: Counts | None = None,
                       job_state: dict[str, Any] | None = None) -> Outcome:
         with self.db.transaction() as tx:
-            task = self._fenced(tx, task_id, token, counts)
+            task = self._fenced(tx, task_id, token)
             if task is None:
                 return self._stale(tx, task_id)
             if job_state is not None:
                 tx.run("job_save_state", name=task["job"], state=dumps(job_state))
-            finished = self._end_task(tx, task, "done", None)
+            finished = self._end_task(tx, task, "done", None, counts)
         return Outcome(run_finished=finished)
 
     def task_fail(self, task_id: int, token: int, error: str, retry_delay: float,
                   counts: Counts | None = None, final: bool = False) -> Outcome:
         """Record a failed attempt: retried after ``retry_delay`` while attempts remain."""
         with self.db.transaction() as tx:
-            task = self._fenced(tx, task_id, token, counts)
+            task = self._fenced(tx, task_id, token)
             if task is None:
                 return self._stale(tx, task_id)
             if task["attempt"] < task["max_attempts"] and not final:
                 tx.run("task_set_state", id=task_id, state="pending", error=error,
                        delay=retry_delay)
+                self._tally(tx, task["run_id"], counts)
                 tx.notify("tasks")
                 return Outcome(retried=True)
-            finished = self._end_task(tx, task, "dead", error)
+            finished = self._end_task(tx, task, "dead", error, counts)
         return Outcome(dead=True, run_finished=finished)
 
     def _stale(self, tx: Tx, task_id: int) -> Outcome:
         row = tx.one("task_get", id=task_id)
         if row is not None:
-            tx.run("run_count", id=row["run_id"], **vars(Counts(stale=1)))
+            self._tally(tx, row["run_id"], Counts(stale=1))
         return Outcome(stale=True)
 
     def task_release(self, task_id: int, token: int, delay: float = 0.0) -> bool:
@@ -465,23 +470,24 @@ class Store(ReadViews):
         state ``waiting`` until its last child ends, then becomes pending again; with
         ``complete`` it ends now (done), in the same transaction."""
         with self.db.transaction() as tx:
-            task = self._fenced(tx, task_id, token, counts)
+            task = self._fenced(tx, task_id, token)
             if task is None:
                 return self._stale(tx, task_id)
             parented = sum(1 for c in children if c.parent_id == task_id)
-            if parented and not wait:
-                raise ValueError("task_spawn: children of this task need wait=True (a parent "
-                                 "outlives its children, so they are not counted on the run)")
+            if parented and (complete or not wait):
+                raise ValueError("task_spawn: a task's own children need wait=True and "
+                                 "complete=False (a parent outlives its children, which are "
+                                 "therefore not counted open on the run)")
             self._insert_tasks(tx, task["run_id"], task["job"], children)
-            if len(children) > parented:
-                tx.run("run_open_tasks", id=task["run_id"], n=len(children) - parented)
+            opened = len(children) - parented
             finished = None
             if complete:
-                finished = self._end_task(tx, task, "done", None)
-            elif wait:
-                tx.run("task_wait_children", id=task_id, n=parented, progress=dumps(progress))
-            elif parented:
-                tx.run("task_add_children", id=task_id, n=parented)
+                finished = self._end_task(tx, task, "done", None, counts, opened=opened)
+            else:
+                if wait:
+                    tx.run("task_wait_children", id=task_id, n=parented,
+                           progress=dumps(progress))
+                self._tally(tx, task["run_id"], counts, opened=opened)
             tx.notify("tasks")
         return Outcome(run_finished=finished)
 
@@ -491,7 +497,7 @@ class Store(ReadViews):
         """End an execute chunk (fenced): count it, queue its failed records for another
         attempt (a sibling chunk under the same loader), park those out of attempts."""
         with self.db.transaction() as tx:
-            task = self._fenced(tx, task_id, token, None)
+            task = self._fenced(tx, task_id, token)
             if task is None:
                 return self._stale(tx, task_id)
             if retry is not None:

@@ -121,13 +121,11 @@ SELECT id, job, scheduled_at, trigger FROM sluice_runs WHERE state = 'ready' ORD
 UPDATE sluice_runs SET state = 'pending', open_tasks = :open_tasks, started_at = {now}
  WHERE id = :id AND state = 'ready'
 
--- name: run_open_tasks
-UPDATE sluice_runs SET open_tasks = open_tasks + :n WHERE id = :id
-
--- name: run_task_ended
--- The run's row is a hot spot: a task's end touches it once, with its counts, as the last
--- statement before COMMIT, so the row lock is held as briefly as possible. :closed is 0 for
--- a child task, which its parent covers (Store._end_task).
+-- name: run_tally
+-- The run's row is a hot spot: a transaction touches it once, with its counts and the tasks
+-- it closed and opened, as the last statement before COMMIT, so the row lock is held as
+-- briefly as possible (Store._tally). Child tasks are not counted open: their parent covers
+-- them (Store._end_task).
 UPDATE sluice_runs SET open_tasks = open_tasks - :closed + :opened,
        state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
        dead_tasks = dead_tasks + :dead,
