@@ -10,9 +10,8 @@ Each contender gets a fresh database and ``--processes`` worker processes (defau
 
 - sluice-table: a generic pipeline (``app.pipeline`` + ``@execute``) whose split and load come
   from ``sluice.TableSource`` over 25 tables ``bench_rec_00..24`` (records/25 rows each), run by
-  ``sluice worker --concurrency 64`` processes (64 records in flight each, next to PgQueuer's
-  batch of 100). Load batch 1000 records, chunks
-  of 100. Timed from ``trigger`` to the run's end (both on the database clock).
+  ``sluice worker --concurrency 100`` processes: at most 100 records in flight each, the same
+  bound as PgQueuer's batch of 100 jobs per dequeue. Load batch 1000 records, chunks of 100. Timed from ``trigger`` to the run's end (both on the database clock).
 - sluice-memory: the same, with a generic ``@load`` that makes its records in memory (a cursor
   row per shard in PostgreSQL), so the business-table writes drop out and what is left is
   sluice's own coordination cost.
@@ -398,6 +397,7 @@ def summarise_profile(folder: Path, top: int = 25) -> None:
         print(f"  (no profile: see {folder / 'py-spy.log'})")
         return
     by_thread: Counter[str] = Counter()
+    handlers: set[str] = set()
     inclusive: dict[str, Counter[str]] = {}
     leaf: dict[str, Counter[str]] = {}
     for line in raw.read_text().splitlines():
@@ -407,6 +407,7 @@ def summarise_profile(folder: Path, top: int = 25) -> None:
         frames = stack.split(";")
         thread = frames[0]
         if "sluice-task" in thread:
+            handlers.add(thread)
             thread = "sluice-task (handler threads)"
         count = int(n)
         by_thread[thread] += count
@@ -419,7 +420,8 @@ def summarise_profile(folder: Path, top: int = 25) -> None:
         leaf.setdefault(thread, Counter())[_frame(frames[-1])] += count
     total = sum(by_thread.values())
     print(f"  py-spy samples of one worker at 250 Hz, idle included, so a thread's shares are "
-          f"shares of wall time ({total} samples; the 8 handler threads are summed)")
+          f"shares of wall time ({total} samples; the {len(handlers)} handler threads are "
+          "summed)")
     for thread, n in by_thread.most_common(6):
         print(f"\n  thread {thread}: {n} samples")
         print("    inclusive (function: % of this thread's samples):")
@@ -465,7 +467,7 @@ def main() -> int:
     ap.add_argument("--shards", type=int, default=25)
     ap.add_argument("--processes", type=int, default=2, help="worker processes per contender")
     ap.add_argument("--only", default=",".join(CONTENDERS), help="comma separated contenders")
-    ap.add_argument("--sluice-concurrency", type=int, default=64,
+    ap.add_argument("--sluice-concurrency", type=int, default=100,
                     help="records in flight per sluice worker (its --concurrency)")
     ap.add_argument("--sluice-batch", type=int, default=1000, help="records per load")
     ap.add_argument("--sluice-chunk", type=int, default=100, help="records per chunk")
