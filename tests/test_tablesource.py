@@ -181,6 +181,18 @@ def test_rows_stuck_processing_past_their_lease_are_reclaimed(engine):
     assert {r["status"] for r in rows(engine).values()} == {"DONE"}
 
 
+def test_rows_to_take_back_are_claimed_before_pending_ones(engine):
+    """A lapsed row is taken back at the next load, even when it sorts after many pending rows
+    (each pick walks the (status, key) index on its own)."""
+    make_table(engine, 10)
+    with engine.begin() as conn:
+        conn.execute(text(f'UPDATE "{TABLE}" SET status = \'PROCESSING\', lease_owner = '
+                          "'load:99', lease_until = 0, lease_token = 5 WHERE id >= 9"))
+    src = source(engine)
+    assert ids(src.load(ctx(task_id=1, token=10), SHARD, 3)) == [1, 9, 10]
+    assert ids(src.load(ctx(task_id=2, token=11), SHARD, 3)) == [2, 3, 4]
+
+
 # -- fence and complete ----------------------------------------------------------------------
 
 

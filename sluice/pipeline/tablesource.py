@@ -40,7 +40,8 @@ class TableSource:
     over databases. ``table``: a name template such as ``"coupon_{shard}"``. ``shards``: the
     shard keys (a list, or a function of the context). ``columns``: rename the state columns,
     e.g. ``columns={"status": "state"}``; ``key`` is the primary key column. ``lease``: seconds
-    a claimed row stays PROCESSING before another run may reclaim it.
+    a claimed row stays PROCESSING before another run may reclaim it. Give each table an
+    index on ``(status, key)``: loads walk it in order (see docs/pipelines.md).
     """
 
     def __init__(self, engine: Engine | str | Callable[[Any], Engine], table: str, *,
