@@ -35,7 +35,7 @@ _acker_lock = threading.Lock()
 # one thread then runs several records per wake-up. Slow records take one slot each, so that
 # every thread of the node can be waiting on a record of its own.
 FAST_RECORD = 0.0005
-SLOT_GROUP = 8
+SLOT_GROUP = 32
 
 
 def acker(w: Worker) -> Acker:
