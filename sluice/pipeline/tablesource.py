@@ -94,11 +94,15 @@ class TableSource:
                 f'ORDER BY "{c["status"]}", "{self.key}" LIMIT :limit {lock}')
         stuck = pick.format(f':processing AND ("{c["lease_until"]}" < {now} OR '
                             f'"{c["lease_owner"]}" = :owner)')
+        picked = (f'SELECT "{self.key}" FROM ({stuck}) AS stuck UNION ALL SELECT '
+                  f'"{self.key}" FROM ({pick.format(":pending")}) AS fresh LIMIT :limit')
+        # PostgreSQL: = ANY(ARRAY(...)) looks the picked keys up by primary key; IN (...) was
+        # planned as a hash join over a scan of the whole table, at every load
+        where = f"= ANY(ARRAY({picked}))" if pg else f"IN ({picked})"
         sql = (f'UPDATE "{table}" SET "{c["status"]}" = :processing, "{c["attempts"]}" = '
                f'"{c["attempts"]}" + 1, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = '
-               f'{now} + :lease, "{c["lease_token"]}" = :token WHERE "{self.key}" IN ('
-               f'SELECT "{self.key}" FROM ({stuck}) AS stuck UNION ALL SELECT "{self.key}" '
-               f'FROM ({pick.format(":pending")}) AS fresh LIMIT :limit) RETURNING *')
+               f'{now} + :lease, "{c["lease_token"]}" = :token WHERE "{self.key}" {where} '
+               'RETURNING *')
         with _one_statement(engine) as conn:
             result = conn.execute(text(sql), {
                 "processing": s["processing"], "pending": s["pending"],

@@ -181,17 +181,19 @@ RETURNING id, run_id, job, kind, parent_id, grp, payload, progress, attempt, max
           (SELECT scheduled_at FROM sluice_runs r WHERE r.id = run_id) AS scheduled_at
 
 -- name: task_claim@postgresql
+-- = ANY(ARRAY(...)): the picked ids are looked up by primary key. As IN (...), a plan made
+-- while the table was small joined them with a scan of the whole table.
 UPDATE sluice_tasks
    SET state = 'running', owner = :node, token = {next_token}, attempt = attempt + 1,
        claims = claims + 1,
        lease_until = {now} + :lease_ttl
- WHERE id IN (
+ WHERE id = ANY(ARRAY(
     SELECT id FROM sluice_tasks
      WHERE state = 'pending' AND available_at <= {now}
        AND (target_node IS NULL OR target_node = :node)
        AND (grp IS NULL OR grp = ANY(:groups))
        AND (zone IS NULL OR CAST(:zone AS text) IS NULL OR zone = :zone)
-     ORDER BY available_at, id LIMIT :limit {skip_locked})
+     ORDER BY available_at, id LIMIT :limit {skip_locked}))
 RETURNING id, run_id, job, kind, parent_id, grp, payload, progress, attempt, max_attempts, token,
           claims,
           (SELECT scheduled_at FROM sluice_runs r WHERE r.id = run_id) AS scheduled_at
@@ -204,12 +206,16 @@ UPDATE sluice_tasks SET lease_until = {now} + :lease_ttl
 RETURNING id, token, (SELECT cancel_requested FROM sluice_runs r WHERE r.id = run_id) AS cancel
 
 -- name: task_renew@postgresql
--- Rows are locked in id order, like task_checkpoint_many: two writers never deadlock.
+-- Rows are locked in id order, like task_checkpoint_many: two writers never deadlock. They
+-- are found by primary key whatever the statistics say: id = ANY(:ids) beside each join, and
+-- (state = 'running') IS TRUE, which the partial index on running tasks cannot serve (plans
+-- made while the table was small scanned all of it, or every running task, per call).
 WITH h AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[])) AS h(id, token)),
      locked AS (SELECT s.id FROM sluice_tasks s JOIN h ON s.id = h.id AND s.token = h.token
-                 WHERE s.owner = :node AND s.state = 'running' ORDER BY s.id FOR UPDATE OF s)
+                 WHERE s.id = ANY(CAST(:ids AS bigint[])) AND s.owner = :node
+                   AND (s.state = 'running') IS TRUE ORDER BY s.id FOR UPDATE OF s)
 UPDATE sluice_tasks t SET lease_until = {now} + :lease_ttl
-  FROM locked WHERE t.id = locked.id
+  FROM locked WHERE t.id = locked.id AND t.id = ANY(CAST(:ids AS bigint[]))
 RETURNING t.id, t.token, (SELECT cancel_requested FROM sluice_runs r WHERE r.id = t.run_id) AS cancel
 
 -- name: task_get
@@ -240,15 +246,17 @@ UPDATE sluice_tasks SET progress = :progress
 
 -- name: task_checkpoint_many@postgresql
 -- A group commit in one statement: several running tasks' progress (rows locked in id order)
--- and their runs' counters. A task whose token is stale adds only stale = 1 to its run.
+-- and their runs' counters. A task whose token is stale adds only stale = 1 to its run. Rows
+-- are found by primary key, as in task_renew.
 WITH h AS (SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[]),
                                 CAST(:progress AS text[]), CAST(:runs AS bigint[]),
                                 CAST(:executed AS bigint[]), CAST(:stale AS bigint[]))
                     AS h(id, token, progress, run_id, executed, stale)),
      locked AS (SELECT s.id, h.progress FROM sluice_tasks s JOIN h ON s.id = h.id
-                 AND s.token = h.token WHERE s.state = 'running' ORDER BY s.id FOR UPDATE OF s),
+                 AND s.token = h.token WHERE s.id = ANY(CAST(:ids AS bigint[]))
+                 AND (s.state = 'running') IS TRUE ORDER BY s.id FOR UPDATE OF s),
      saved AS (UPDATE sluice_tasks t SET progress = locked.progress FROM locked
-                WHERE t.id = locked.id RETURNING t.id),
+                WHERE t.id = locked.id AND t.id = ANY(CAST(:ids AS bigint[])) RETURNING t.id),
      totals AS (SELECT h.run_id,
                        sum(CASE WHEN saved.id IS NULL THEN 0 ELSE h.executed END) AS executed,
                        sum(CASE WHEN saved.id IS NULL THEN 1 ELSE h.stale END) AS stale
