@@ -459,8 +459,7 @@ class Store(ReadViews):
                 for key, value in vars(counts).items():
                     total[key] += value
             for run_id, total in totals.items():
-                if any(total.values()):
-                    tx.run("run_count", id=run_id, **total)
+                self._tally(tx, run_id, Counts(**total))
         return stale
 
     def task_spawn(self, task_id: int, token: int, children: list[TaskPlan],
@@ -551,14 +550,15 @@ class Store(ReadViews):
                 else:
                     self._end_task(tx, task, "dead", error)
                     died.append({**task, "error": error, "payload": None, "progress": None})
-            for run_id, n in _rerun_bound(expired).items():
-                tx.run("run_count", id=run_id, **{**vars(Counts()), "reexecuted": n})
             for task in tx.all("task_orphaned", ttl=node_ttl, limit=limit):
                 if task["kind"] == "broadcast":
                     self._end_task(tx, task, "skipped", "target node left before it ran")
                 else:
                     tx.run("task_untarget", id=task["id"])
             tx.run("node_delete_stale", horizon=max(60.0, node_ttl * 10))
+            # last: every node's checkpoints queue on a run's row while this holds it
+            for run_id, n in _rerun_bound(expired).items():
+                self._tally(tx, run_id, Counts(reexecuted=n))
             tx.notify("tasks")
         return died
 

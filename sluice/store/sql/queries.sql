@@ -146,12 +146,6 @@ UPDATE sluice_runs SET state = :state, finished_at = {now} WHERE id = :id
 UPDATE sluice_runs SET state = 'ready'
  WHERE id = (SELECT min(id) FROM sluice_runs WHERE job = :job AND state = 'queued')
 
--- name: run_count
-UPDATE sluice_runs SET shards = shards + :shards, loaded = loaded + :loaded,
-       executed = executed + :executed, failed = failed + :failed, parked = parked + :parked,
-       reexecuted = reexecuted + :reexecuted, stale = stale + :stale
- WHERE id = :id
-
 -- name: task_insert
 INSERT INTO sluice_tasks (run_id, job, kind, state, target_node, grp, zone, parent_id, payload,
                           max_attempts, available_at, created_at, owner, token, lease_until,
