@@ -11,7 +11,8 @@ Each contender gets a fresh database and ``--processes`` worker processes (defau
 - sluice-table: a generic pipeline (``app.pipeline`` + ``@execute``) whose split and load come
   from ``sluice.TableSource`` over 25 tables ``bench_rec_00..24`` (records/25 rows each), run by
   ``sluice worker --concurrency 100`` processes: at most 100 records in flight each, the same
-  bound as PgQueuer's batch of 100 jobs per dequeue. Load batch 1000 records, chunks of 100. Timed from ``trigger`` to the run's end (both on the database clock).
+  bound as PgQueuer's batch of 100 jobs per dequeue. Load batch 1000 records, chunks of 100.
+  Timed from ``trigger`` to the run's end (both on the database clock).
 - sluice-memory: the same, with a generic ``@load`` that makes its records in memory (a cursor
   row per shard in PostgreSQL), so the business-table writes drop out and what is left is
   sluice's own coordination cost.

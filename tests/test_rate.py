@@ -221,6 +221,40 @@ def test_gate_without_qps_does_not_wait_and_counts_what_it_grants() -> None:
     assert rate.granted == 5 and g.achieved(rate) == pytest.approx(2.5)
 
 
+def test_gate_is_saturated_while_enough_callers_wait_for_permits() -> None:
+    """Callers blocked in acquire mark the job saturated on this node, so it claims no more of
+    its execute chunks; a job without a rate never is."""
+    from sluice.rate.gate import SATURATED
+
+    class Held:  # a limiter whose permits come when the test says so
+        def __init__(self) -> None:
+            self.go = threading.Event()
+
+        def acquire(self, permits: int = 1) -> float:
+            self.go.wait(10)
+            return 0.0
+
+    g = gate()
+    g.refresh([row("me")], {}, now=10.0)
+    assert g.limited() and g.saturated() == []
+    held = Held()
+    g.jobs["flow"].limiter = held  # type: ignore[assignment]
+    callers = [threading.Thread(target=g.acquire, args=("flow",)) for _ in range(SATURATED)]
+    for t in callers[:-1]:
+        t.start()
+    wait_for(lambda: g.jobs["flow"].waiting == SATURATED - 1, 5, message="callers waiting")
+    assert g.saturated() == []
+    callers[-1].start()
+    wait_for(lambda: g.saturated() == ["flow"], 5, message="the job saturated")
+    held.go.set()
+    for t in callers:
+        t.join(10)
+    assert g.saturated() == [] and g.jobs["flow"].granted == SATURATED
+    free = gate(qps=None)
+    free.refresh([row("me")], {}, now=10.0)
+    assert not free.limited() and free.saturated() == []
+
+
 def test_gate_reports_achieved_over_the_last_ten_seconds() -> None:
     g = gate()
     rate = g.jobs["flow"]

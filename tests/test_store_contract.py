@@ -212,6 +212,20 @@ def test_a_run_ends_with_its_last_task_and_chunks_leave_the_run_row_alone(store)
     assert store.run_get(loader.run_id)["open_tasks"] == 0
 
 
+def test_claims_skip_execute_chunks_of_saturated_jobs(store):
+    """A node whose limiter for a job already has callers waiting takes none of its execute
+    chunks, but still its other tasks and other jobs' chunks."""
+    _job(store, "a")
+    _job(store, "b")
+    for name in ("a", "b"):
+        store.run_fire(name, store.job_get(name)["next_fire_at"], None,
+                       [Firing(scheduled_at=1.0)], "skip",
+                       lambda f: [TaskPlan(kind="exec"), TaskPlan(kind="load")])
+    got = store.task_claim("n", 10, [], None, 30, saturated=["a"])
+    assert sorted((t.job, t.kind) for t in got) == [("a", "load"), ("b", "exec"), ("b", "load")]
+    assert [(t.job, t.kind) for t in store.task_claim("n", 10, [], None, 30)] == [("a", "exec")]
+
+
 def test_overlap_policies_at_the_store(store):
     for policy, expected in (("skip", ["pending", "skipped", "skipped"]),
                              ("queue", ["pending", "queued", "skipped"]),

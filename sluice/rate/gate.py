@@ -33,6 +33,10 @@ log = logging.getLogger("sluice.rate")
 WINDOW = 10.0  # seconds of history behind the reported achieved rate
 FRESH_BEATS = 2.5  # a node missing this many heartbeats no longer gets a share
 CATCH_UP = 0.1  # seconds of missed permits a node that fell behind may still take (a 10% burst)
+# A job with this many callers waiting for permits on this node has work enough here: the node
+# claims no more of its execute chunks (Worker._claim_and_dispatch), so they stay claimable by
+# nodes with room instead of queueing behind this node's share of the rate.
+SATURATED = 4
 
 
 class GlobalBucket:
@@ -96,6 +100,7 @@ class JobRate:
     history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
     loader: int | None = None  # the last load size this node used (pipelines)
     hold_until: float = 0.0  # monotonic time before which a joining node grants nothing
+    waiting: int = 0  # callers blocked in acquire right now
 
 
 class RateGate:
@@ -126,13 +131,18 @@ class RateGate:
         rate = self.jobs.get(job)
         if rate is None:
             return 0.0
-        held = self._held(rate)
-        if held:
-            time.sleep(held)
-        limiter = rate.limiter
-        waited = limiter.acquire(permits) if limiter is not None else 0.0
         with self._lock:
-            rate.granted += permits
+            rate.waiting += 1
+        try:
+            held = self._held(rate)
+            if held:
+                time.sleep(held)
+            limiter = rate.limiter
+            waited = limiter.acquire(permits) if limiter is not None else 0.0
+        finally:
+            with self._lock:
+                rate.waiting -= 1
+                rate.granted += permits
         return held + waited
 
     def _held(self, rate: JobRate) -> float:
@@ -142,14 +152,29 @@ class RateGate:
         rate = self.jobs.get(job)
         if rate is None:
             return 0.0
-        held = self._held(rate)
-        if held:
-            await asyncio.sleep(held)
-        limiter = rate.limiter
-        waited = await limiter.aacquire(permits) if limiter is not None else 0.0
         with self._lock:
-            rate.granted += permits
+            rate.waiting += 1
+        try:
+            held = self._held(rate)
+            if held:
+                await asyncio.sleep(held)
+            limiter = rate.limiter
+            waited = await limiter.aacquire(permits) if limiter is not None else 0.0
+        finally:
+            with self._lock:
+                rate.waiting -= 1
+                rate.granted += permits
         return held + waited
+
+    def limited(self) -> bool:
+        """Whether any job's rate caps what this node runs."""
+        return any(rate.limiter is not None for rate in self.jobs.values())
+
+    def saturated(self) -> list[str]:
+        """Jobs with ``SATURATED`` or more callers waiting for permits on this node."""
+        with self._lock:
+            return [name for name, rate in self.jobs.items()
+                    if rate.limiter is not None and rate.waiting >= SATURATED]
 
     def rate_of(self, job: str) -> float | None:
         """This node's current permits per second for ``job`` (None: unlimited)."""

@@ -351,13 +351,17 @@ class Store(ReadViews):
     # -- tasks ---------------------------------------------------------------------------
 
     def task_claim(self, node: str, limit: int, groups: list[str], zone: str | None,
-                   lease_ttl: float) -> list[ClaimedTask]:
-        """Claim up to ``limit`` due tasks this node may run; each gets a new fencing token."""
+                   lease_ttl: float, saturated: list[str] | None = None) -> list[ClaimedTask]:
+        """Claim up to ``limit`` due tasks this node may run; each gets a new fencing token.
+        No execute chunks of the ``saturated`` jobs (this node has enough of them)."""
         if limit <= 0:
             return []
+        pg = self.dialect == "postgresql"
+        saturated = saturated or []
         with self.db.transaction() as tx:
             rows = tx.all("task_claim", node=node, limit=limit, zone=zone, lease_ttl=lease_ttl,
-                          groups=groups if self.dialect == "postgresql" else dumps(groups))
+                          groups=groups if pg else dumps(groups),
+                          saturated=saturated if pg else dumps(saturated))
             for run_id in {r["run_id"] for r in rows}:
                 tx.run("run_mark_running", id=run_id)
         return [ClaimedTask.from_row(r) for r in rows]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from sluice.app import App
 
 log = logging.getLogger("sluice.worker")
+CLAIM_STEP = 4  # tasks claimed per look while a rate caps what this node runs
 
 
 @dataclass(kw_only=True)
@@ -162,8 +163,16 @@ class Worker:
             free = self._free
         if free <= 0 or self.stopping.is_set():
             return
+        gate = self.plugins.get("rate")
+        saturated: list[str] = []
+        if gate is not None and gate.limited():
+            # Work this node's share of a rate cannot run soon would sit here while other
+            # nodes idle: take a few tasks per look, and no execute chunks of a job whose
+            # limiter already has callers waiting (sluice.rate.gate.SATURATED)
+            free = min(free, CLAIM_STEP)
+            saturated = gate.saturated()
         tasks = self.store.task_claim(self.node.id, free, self._groups(), self.node.zone,
-                                      self.settings.lease_ttl)
+                                      self.settings.lease_ttl, saturated=saturated)
         for task in tasks:
             self._dispatch(task, slot_taken=False)
 

@@ -169,6 +169,7 @@ UPDATE sluice_tasks
        AND (target_node IS NULL OR target_node = :node)
        AND (grp IS NULL OR grp IN (SELECT value FROM json_each(:groups)))
        AND (zone IS NULL OR :zone IS NULL OR zone = :zone)
+       AND NOT (kind = 'exec' AND job IN (SELECT value FROM json_each(:saturated)))
      ORDER BY available_at, id LIMIT :limit)
 RETURNING id, run_id, job, kind, parent_id, grp, payload, progress, attempt, max_attempts, token,
           claims,
@@ -187,6 +188,7 @@ UPDATE sluice_tasks
        AND (target_node IS NULL OR target_node = :node)
        AND (grp IS NULL OR grp = ANY(:groups))
        AND (zone IS NULL OR CAST(:zone AS text) IS NULL OR zone = :zone)
+       AND NOT (kind = 'exec' AND job = ANY(CAST(:saturated AS text[])))
      ORDER BY available_at, id LIMIT :limit {skip_locked}))
 RETURNING id, run_id, job, kind, parent_id, grp, payload, progress, attempt, max_attempts, token,
           claims,
