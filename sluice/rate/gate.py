@@ -128,42 +128,45 @@ class RateGate:
 
     def acquire(self, job: str, permits: int = 1) -> float:
         """Block until ``permits`` of ``job`` are due (at once for a job without a rate)."""
-        rate = self.jobs.get(job)
+        rate = self._enter(job)
         if rate is None:
             return 0.0
-        with self._lock:
-            rate.waiting += 1
         try:
             held = self._held(rate)
             if held:
                 time.sleep(held)
-            limiter = rate.limiter
-            waited = limiter.acquire(permits) if limiter is not None else 0.0
+            waited = rate.limiter.acquire(permits) if rate.limiter is not None else 0.0
         finally:
-            with self._lock:
-                rate.waiting -= 1
-                rate.granted += permits
+            self._leave(rate, permits)
         return held + waited
+
+    def _enter(self, job: str) -> JobRate | None:
+        """The job's rate, counting one more caller waiting on it (None: no such job)."""
+        rate = self.jobs.get(job)
+        if rate is not None:
+            with self._lock:
+                rate.waiting += 1
+        return rate
+
+    def _leave(self, rate: JobRate, permits: int) -> None:
+        with self._lock:
+            rate.waiting -= 1
+            rate.granted += permits
 
     def _held(self, rate: JobRate) -> float:
         return max(0.0, rate.hold_until - time.monotonic()) if rate.hold_until else 0.0
 
     async def aacquire(self, job: str, permits: int = 1) -> float:
-        rate = self.jobs.get(job)
+        rate = self._enter(job)
         if rate is None:
             return 0.0
-        with self._lock:
-            rate.waiting += 1
         try:
             held = self._held(rate)
             if held:
                 await asyncio.sleep(held)
-            limiter = rate.limiter
-            waited = await limiter.aacquire(permits) if limiter is not None else 0.0
+            waited = await rate.limiter.aacquire(permits) if rate.limiter is not None else 0.0
         finally:
-            with self._lock:
-                rate.waiting -= 1
-                rate.granted += permits
+            self._leave(rate, permits)
         return held + waited
 
     def limited(self) -> bool:

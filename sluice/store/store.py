@@ -324,9 +324,8 @@ class Store(ReadViews):
         be a lock every chunk of every node queues on."""
         dead = state == "dead"
         tx.run("task_set_state", id=task["id"], state=state, error=error, delay=0.0)
-        closed = 1
+        closed = 0 if task.get("parent_id") else 1
         if task.get("parent_id"):
-            closed = 0
             parent = tx.one("task_child_done", id=task["parent_id"])
             if parent is not None and parent["state"] == "pending":
                 tx.notify("tasks")
