@@ -324,13 +324,13 @@ class Store(ReadViews):
         be a lock every chunk of every node queues on."""
         dead = state == "dead"
         tx.run("task_set_state", id=task["id"], state=state, error=error, delay=0.0)
-        closed = 0 if task.get("parent_id") else 1
-        if task.get("parent_id"):
-            parent = tx.one("task_child_done", id=task["parent_id"])
+        parent_id = task.get("parent_id")
+        if parent_id:
+            parent = tx.one("task_child_done", id=parent_id)
             if parent is not None and parent["state"] == "pending":
                 tx.notify("tasks")
-        run = self._tally(tx, task["run_id"], counts, closed=closed, opened=opened, dead=dead,
-                          error=error if dead else None)
+        run = self._tally(tx, task["run_id"], counts, closed=0 if parent_id else 1,
+                          opened=opened, dead=dead, error=error if dead else None)
         if run is None or run["open_tasks"] > 0:
             return None
         return self._finish_run(tx, task["run_id"], run["job"], bool(run["cancel_requested"]),

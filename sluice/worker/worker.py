@@ -231,9 +231,10 @@ class Worker:
     def wake_in(self, seconds: float) -> None:
         """Look for work again in ``seconds`` (a task this node put off is due then; no
         NOTIFY announces that)."""
-        due = time.monotonic() + seconds
+        now = time.monotonic()
+        due = now + seconds
         with self._lock:
-            if self._wake_at is None or due < self._wake_at or self._wake_at < time.monotonic():
+            if self._wake_at is None or due < self._wake_at or self._wake_at < now:
                 self._wake_at = due
 
     def _sleep_time(self) -> float:
