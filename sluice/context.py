@@ -28,7 +28,9 @@ class Context:
     ``fencing_token`` increases on every claim of this unit of work (for a ``TableSource``
     record: the token its row carries, which a takeover raises); pass it to a downstream that
     can reject stale writers. ``state`` is the job's JSON state, saved when the handler
-    returns without error. ``acquire()`` / ``await aacquire()`` wait for the job's rate
+    returns without error. ``cursor``, in a pipeline's ``@load``: what the previous load of this
+    shard in this run left there (None at first); set it, e.g. to the last key read, to go on
+    from there next time (JSON-serialisable). ``acquire()`` / ``await aacquire()`` wait for the job's rate
     (``qps=``) before each unit of work.
     """
 
@@ -41,6 +43,7 @@ class Context:
     shards: list[str] = field(default_factory=list)
     task_id: int = 0  # the unit of work (task) this call belongs to; stable across its retries
     state: dict[str, Any] = field(default_factory=dict)
+    cursor: Any = None  # a pipeline load's bookmark in its shard (see docs/pipelines.md)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _rate: Any = field(default=None, repr=False)  # the node's RateGate, when it has one
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sluice.job"),

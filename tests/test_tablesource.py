@@ -88,7 +88,8 @@ def test_load_claims_pending_rows_in_key_order_and_stamps_the_claim(engine):
     src = source(engine)
     first = src.load(ctx(task_id=5, token=100), SHARD, 4)
     assert ids(first) == [1, 2, 3, 4]
-    assert first[0]["payload"] == "p1" and first[0]["status"] == "PROCESSING"
+    # a record is the row without its claim columns (status, lease owner, expiry, token)
+    assert first[0] == {"id": 1, "payload": "p1", "attempts": 1, "version": 0}
     assert ids(src.load(ctx(task_id=6, token=101), SHARD, 4)) == [5, 6, 7, 8]
     assert ids(src.load(ctx(task_id=7, token=102), SHARD, 4)) == [9, 10]
     assert src.load(ctx(task_id=8, token=103), SHARD, 4) == []
@@ -98,6 +99,28 @@ def test_load_claims_pending_rows_in_key_order_and_stamps_the_claim(engine):
     assert state[9]["lease_owner"] == "load:7" and state[9]["lease_token"] == 102
     assert all(r["attempts"] == 1 and r["lease_until"] is not None for r in state.values())
     assert src.split(None) == [SHARD]
+
+
+def test_loads_go_on_from_the_cursor_then_take_rows_left_behind_it(engine):
+    """A load leaves ctx.cursor at the last key it took and the next one starts there, so its
+    cost does not grow with the rows already done; rows put back behind the cursor are taken
+    once those ahead of it are."""
+    make_table(engine, 10)
+    src = source(engine)
+    load = ctx(task_id=5, token=100)
+    first = src.load(load, SHARD, 4)
+    assert ids(first) == [1, 2, 3, 4] and load.cursor == 4
+    assert src.complete(SHARD, first, 100) == 0
+    with engine.begin() as conn:  # 2 is pending again behind the cursor; 6 is taken elsewhere
+        conn.execute(text(f'UPDATE "{TABLE}" SET status = \'PENDING\' WHERE id = 2'))
+        conn.execute(text(f'UPDATE "{TABLE}" SET status = \'DONE\' WHERE id = 6'))
+    second = src.load(load, SHARD, 4)
+    assert ids(second) == [5, 7, 8, 9] and load.cursor == 9
+    assert src.complete(SHARD, second, 100) == 0
+    third = src.load(load, SHARD, 4)
+    assert ids(third) == [2, 10] and load.cursor == 10
+    assert src.complete(SHARD, third, 100) == 0
+    assert src.load(load, SHARD, 4) == [] and load.cursor == 10
 
 
 def test_two_concurrent_loaders_on_separate_engines_never_get_the_same_row(engine, db_url):
@@ -177,7 +200,7 @@ def test_rows_stuck_processing_past_their_lease_are_reclaimed(engine):
     assert {r["attempts"] for r in state.values()} == {2}
     # the first claim's token no longer completes them
     assert src.complete(SHARD, reclaimed, 10) == 3
-    assert src.complete(SHARD, reclaimed, reclaimed[0]["lease_token"]) == 0
+    assert src.complete(SHARD, reclaimed, state[1]["lease_token"]) == 0
     assert {r["status"] for r in rows(engine).values()} == {"DONE"}
 
 
@@ -278,7 +301,8 @@ def test_renamed_state_columns_and_custom_state_values(engine):
                           f"{src.state_ddl()})"))
         conn.execute(text(f'INSERT INTO "job_{SHARD}" (job_id) VALUES (1), (2)'))
     loaded = src.load(ctx(task_id=1, token=5), SHARD, 10)
-    assert [r["job_id"] for r in loaded] == [1, 2] and loaded[0]["state"] == "busy"
+    assert [r["job_id"] for r in loaded] == [1, 2] and "state" not in loaded[0]
+    assert {r["state"] for r in rows(engine, f"job_{SHARD}", key="job_id").values()} == {"busy"}
     src.fence(SHARD, loaded, 6, "node-1")
     with engine.begin() as conn:
         sluice.mark_pending(conn, f"job_{SHARD}", 2, key_column="job_id", status_column="state",

@@ -80,6 +80,10 @@ class _Window:
                 self._cond.notify()
             return n
 
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
     def release(self, n: int = 1) -> None:
         with self._cond:
             self._free += n
@@ -112,6 +116,10 @@ class Acker:
         for one, takes up to ``upto`` if free (a thread running fast records then switches
         less). Returns how many were taken; give back unused ones with :meth:`abandon`."""
         return self._window.acquire(upto)
+
+    def queued(self) -> int:
+        """Threads waiting for a slot of the window."""
+        return self._window.waiting
 
     def abandon(self, n: int = 1) -> None:
         """Give slots back for records that will not be acknowledged (failed, or not run)."""

@@ -127,12 +127,14 @@ def run_load(w: Worker, r: Running) -> None:
     limit = _load_size(w, r, pipe)
     if limit is None:
         return
+    r.ctx.cursor = (r.task.progress or {}).get("cursor")  # where the last load left off
     try:
         assert pipe.load_fn is not None
         checked = isinstance(pipe.source, TableSource) and \
             getattr(pipe.load_fn, "__self__", None) is pipe.source
         records = _records(call(pipe.load_fn, r.ctx, (shard, limit), w.loops, None), limit,
                            encodable=checked)
+        cursor = {"cursor": _cursor(r.ctx.cursor)}
     except PipelineError as exc:
         return _layer_error(w, r, pipe, f"load of shard {shard!r}", exc, contract=True)
     except Exception as exc:
@@ -154,7 +156,8 @@ def run_load(w: Worker, r: Running) -> None:
                        max_attempts=1_000_000)
               for i in range(0, len(records), size)]
     with_store(w, "dispatch loaded records", lambda: w.store.task_spawn(
-        r.task.id, r.task.token, chunks, Counts(loaded=len(records)), wait=True))
+        r.task.id, r.task.token, chunks, Counts(loaded=len(records)), wait=True,
+        progress=cursor))
 
 
 def _without_parked(w: Worker, r: Running, shard: Any, records: list[Any]) -> list[Any]:
@@ -167,6 +170,16 @@ def _without_parked(w: Worker, r: Running, shard: Any, records: list[Any]) -> li
     if not parked:
         return records
     return [rec for rec in records if dumps(rec) not in parked]
+
+
+def _cursor(value: Any) -> Any:
+    """A load's ``ctx.cursor``, kept with the load task for its next turn: JSON only."""
+    try:
+        dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(f"load set ctx.cursor to a value that is not JSON-serialisable "
+                            f"({exc}); use str/int/float/bool/None, lists or dicts") from None
+    return value
 
 
 def _records(result: Any, limit: int, encodable: bool = False) -> list[Any]:

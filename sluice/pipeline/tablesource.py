@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, create_engine, inspect, text
@@ -24,6 +25,15 @@ from sluice.errors import ConfigError, PipelineError
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 STATE_COLUMNS = ("status", "attempts", "lease_owner", "lease_until", "lease_token", "version")
+# state columns a loaded record leaves out: the same on every record of a chunk, or known to
+# the chunk (its token is ``ctx.fencing_token``); they would only make chunks bigger
+CLAIM_COLUMNS = ("status", "lease_owner", "lease_until", "lease_token")
+
+
+@dataclass(frozen=True)
+class _Table:
+    returning: str  # the columns a loaded record carries, for RETURNING
+    key_type: str  # PostgreSQL: the key column's type, for an array of keys
 
 
 def _ident(value: str, what: str) -> str:
@@ -66,7 +76,7 @@ class TableSource:
         self._shards = shards
         self._engine = engine
         self._engines: dict[str, Engine] = {}
-        self._checked: set[str] = set()
+        self._tables: dict[str, _Table] = {}  # checked tables
         self._lock = threading.Lock()
 
     # -- pipeline hooks -------------------------------------------------------------------
@@ -80,37 +90,52 @@ class TableSource:
 
         Claimed rows are owned by the load task until a chunk takes them, so a retry of the
         same load task (its node died before dispatching them) claims them again instead of
-        leaving them stuck in PROCESSING."""
+        leaving them stuck in PROCESSING. Pending rows are taken in key order from where the
+        shard's previous load stopped (``ctx.cursor``), then from the start again: rows put
+        back to PENDING behind the cursor are found once the rows ahead are taken."""
         engine, table = self._prepare(shard)
         c, s = self.col, self.states
         pg = engine.dialect.name == "postgresql"
         lock = "FOR UPDATE SKIP LOCKED" if pg else ""
         now = _now_sql(engine)
-        # Two locked picks, each an ordered walk of an index on (status, key) when the table
-        # has one: rows to take back first (a lapsed lease, or this load's own earlier
-        # attempt; few), then pending rows. One OR-ed pick would walk the key index past
-        # every finished row, at every load.
+        after = getattr(ctx, "cursor", None)
+        # Locked picks, each an ordered walk of an index: rows to take back first (a lapsed
+        # lease, or this load's own earlier attempt; few), then pending rows after the cursor,
+        # then those before it. A walk from the start would pass every finished row at every
+        # load whenever the planner reads the primary key instead of the (status, key) index
+        # (as it does on statistics taken while every row was PENDING).
         pick = (f'SELECT "{self.key}" FROM "{table}" WHERE "{c["status"]}" = {{}} '
                 f'ORDER BY "{c["status"]}", "{self.key}" LIMIT :limit {lock}')
-        stuck = pick.format(f':processing AND ("{c["lease_until"]}" < {now} OR '
-                            f'"{c["lease_owner"]}" = :owner)')
-        picked = (f'SELECT "{self.key}" FROM ({stuck}) AS stuck UNION ALL SELECT '
-                  f'"{self.key}" FROM ({pick.format(":pending")}) AS fresh LIMIT :limit')
+        picks = [pick.format(f':processing AND ("{c["lease_until"]}" < {now} OR '
+                             f'"{c["lease_owner"]}" = :owner)')]
+        if after is None:
+            picks.append(pick.format(":pending"))
+        else:
+            picks += [pick.format(f':pending AND "{self.key}" > :after'),
+                      pick.format(f':pending AND "{self.key}" <= :after')]
+        picked = " UNION ALL ".join(f'SELECT "{self.key}" FROM ({p}) AS p{n}'
+                                    for n, p in enumerate(picks)) + " LIMIT :limit"
         # PostgreSQL: = ANY(ARRAY(...)) looks the picked keys up by primary key; IN (...) was
         # planned as a hash join over a scan of the whole table, at every load
         where = f"= ANY(ARRAY({picked}))" if pg else f"IN ({picked})"
         sql = (f'UPDATE "{table}" SET "{c["status"]}" = :processing, "{c["attempts"]}" = '
                f'"{c["attempts"]}" + 1, "{c["lease_owner"]}" = :owner, "{c["lease_until"]}" = '
                f'{now} + :lease, "{c["lease_token"]}" = :token WHERE "{self.key}" {where} '
-               'RETURNING *')
+               f'RETURNING {self._tables[table].returning}')
         with _one_statement(engine) as conn:
             result = conn.execute(text(sql), {
-                "processing": s["processing"], "pending": s["pending"],
+                "processing": s["processing"], "pending": s["pending"], "after": after,
                 "owner": f"load:{getattr(ctx, 'task_id', 0) or ctx.node.id}",
                 "now": time.time(), "lease": self.lease, "token": ctx.fencing_token,
                 "limit": limit})
             keys, rows = list(result.keys()), result.all()
-        return sorted(_jsonable(keys, rows), key=lambda r: r[self.key])
+        records = sorted(_jsonable(keys, rows), key=lambda r: r[self.key])
+        if records:
+            # the next load goes on after the last key taken here (behind the cursor once
+            # the rows ahead of it are all taken)
+            ahead = [r[self.key] for r in records if after is None or r[self.key] > after]
+            ctx.cursor = ahead[-1] if ahead else records[-1][self.key]
+        return records
 
     def fence(self, shard: Any, records: list[dict[str, Any]], token: int,
               owner: str) -> set[Any]:
@@ -161,7 +186,7 @@ class TableSource:
             if not updates:
                 continue
             if engine.dialect.name == "postgresql":
-                changed = self._complete_at_once(engine, updates)
+                changed = self._complete_pg(engine, updates)
             else:
                 with engine.begin() as conn:
                     changed = [self._complete(conn, *u[1:]) for u in updates]
@@ -184,13 +209,13 @@ class TableSource:
         back to PENDING; only while ``token`` still holds them. ``(status = x) IS TRUE`` is
         the same test in a form no index on status serves, so rows are found by key: with
         statistics from a moment ago (every row PENDING) PostgreSQL would otherwise walk all
-        the table's PROCESSING rows to complete a few."""
+        the table's PROCESSING rows to complete a few. Ends where the keys go."""
         c = self.col
         same = f'"{c["version"]}" IS NULL' if version is None else f'"{c["version"]}" = {mark}'
         return (f'UPDATE "{table}" SET "{c["status"]}" = CASE WHEN {same} THEN {mark} ELSE '
                 f'{mark} END, "{c["lease_owner"]}" = NULL, "{c["lease_until"]}" = NULL WHERE '
                 f'"{c["lease_token"]}" = {mark} AND ("{c["status"]}" = {mark}) IS TRUE AND '
-                f'"{self.key}" IN ')
+                f'"{self.key}" ')
 
     def _update_params(self, token: int, version: Any) -> list[Any]:
         s = self.states
@@ -198,24 +223,28 @@ class TableSource:
         return [*head, s["done"], s["pending"], token, s["processing"]]
 
     def _complete(self, conn: Any, table: str, token: int, version: Any, keys: list[Any]) -> int:
-        sql = self._update_sql(table, version, "?") + f'({", ".join("?" * len(keys))})'
+        sql = self._update_sql(table, version, "?") + f'IN ({", ".join("?" * len(keys))})'
         return int(conn.exec_driver_sql(sql, (*self._update_params(token, version),
                                               *keys)).rowcount)
 
-    def _complete_at_once(self, engine: Engine,
-                          updates: list[tuple[int, str, int, Any, list[Any]]]) -> list[int]:
-        """PostgreSQL: every update in one statement (one round trip, no BEGIN/COMMIT), as
-        data-modifying CTEs that each report how many rows they changed."""
-        ctes, params = [], []
-        for n, (_, table, token, version, keys) in enumerate(updates):
-            ctes.append(f'u{n} AS ({self._update_sql(table, version, "%s")}'
-                        f'({", ".join(["%s"] * len(keys))}) RETURNING 1)')
-            params += [*self._update_params(token, version), *keys]
-        counts = ", ".join(f"(SELECT count(*) FROM u{n})" for n in range(len(updates)))
+    def _complete_pg(self, engine: Engine,
+                     updates: list[tuple[int, str, int, Any, list[Any]]]) -> list[int]:
+        """PostgreSQL: one statement per table and version whose text does not depend on the
+        keys (an array), so the driver prepares it once; with psycopg 3 all of them go in one
+        round trip (pipeline mode)."""
+        statements = [(self._update_sql(table, version, "%s") +
+                       f"= ANY(CAST(%s AS {self._tables[table].key_type}[]))",
+                       (*self._update_params(token, version), keys))
+                      for _, table, token, version, keys in updates]
         with _one_statement(engine) as conn:
-            row = conn.exec_driver_sql(f"WITH {', '.join(ctes)} SELECT {counts}",
-                                       tuple(params)).one()
-        return [int(v) for v in row]
+            raw = conn.connection.driver_connection
+            if engine.dialect.driver != "psycopg":
+                return [int(conn.exec_driver_sql(sql, params).rowcount)
+                        for sql, params in statements]
+            with raw.pipeline():  # type: ignore[union-attr]
+                cursors = [raw.execute(sql, params)  # type: ignore[union-attr]
+                           for sql, params in statements]
+            return [int(cur.rowcount) for cur in cursors]
 
     def park(self, shard: Any, records: list[dict[str, Any]], token: int) -> None:
         """Mark rows FAILED: out of attempts (they can be retried with ``sluice dead retry``)."""
@@ -247,23 +276,36 @@ class TableSource:
 
     def _prepare(self, shard: Any) -> tuple[Engine, str]:
         engine, table = self.engine_for(shard), self.table_for(shard)
-        if table not in self._checked:
-            self._check(engine, table)
-            self._checked.add(table)
+        if table not in self._tables:
+            self._tables[table] = self._check(engine, table)
         return engine, table
 
-    def _check(self, engine: Engine, table: str) -> None:
+    def _check(self, engine: Engine, table: str) -> _Table:
+        """Check that the table has the columns needed; what loads and completions need of
+        it."""
         insp = inspect(engine)
         if not insp.has_table(table):
             raise PipelineError(f"TableSource: table {table!r} does not exist; create it or fix "
                                 f"the template {self.table!r} / the shard keys")
-        have = {col["name"] for col in insp.get_columns(table)}
+        names = [col["name"] for col in insp.get_columns(table)]
+        have = set(names)
         need = [self.key, *self.col.values()]
         missing = [col for col in need if col not in have]
         if missing:
             raise PipelineError(f"TableSource: table {table!r} lacks column(s) "
                                 f"{', '.join(missing)}; add them (see TableSource.state_ddl) or "
                                 "map yours with columns={...}")
+        claim = {self.col[c] for c in CLAIM_COLUMNS} - {self.key}
+        returning = ", ".join('"' + name.replace('"', '""') + '"' for name in names
+                              if name not in claim)
+        key_type = ""
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                key_type = conn.execute(text(
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
+                    "attrelid = CAST(:table AS regclass) AND attname = :key"),
+                    {"table": f'"{table}"', "key": self.key}).scalar_one()
+        return _Table(returning, key_type)
 
     def state_ddl(self) -> str:
         """Column definitions to add to a table so TableSource can keep state in it."""
