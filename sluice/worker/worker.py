@@ -171,9 +171,6 @@ class Worker:
             # limiter already has callers waiting (sluice.rate.gate.SATURATED)
             free = min(free, CLAIM_STEP)
             saturated = gate.saturated()
-        acker = self.plugins.get("acker")
-        if acker is not None and acker.queued() >= int(os.environ.get("SLUICE_SAT", "4")):
-            saturated = list(self.app.pipelines)
         tasks = self.store.task_claim(self.node.id, free, self._groups(), self.node.zone,
                                       self.settings.lease_ttl, saturated=saturated)
         for task in tasks:
