@@ -30,8 +30,8 @@ class Context:
     can reject stale writers. ``state`` is the job's JSON state, saved when the handler
     returns without error. ``cursor``, in a pipeline's ``@load``: what the previous load of this
     shard in this run left there (None at first); set it, e.g. to the last key read, to go on
-    from there next time (JSON-serialisable). ``acquire()`` / ``await aacquire()`` wait for the job's rate
-    (``qps=``) before each unit of work.
+    from there next time (JSON-serialisable). ``acquire()`` / ``await aacquire()`` wait for
+    the job's rate (``qps=``) before each unit of work.
     """
 
     job: str

@@ -473,17 +473,26 @@ def test_bad_layer_output_fails_the_run_with_a_clear_error_and_worker_keeps_serv
         engine_url, "thin_{shard}", shards=["01"]))
     no_column.execute(noop)
 
-    good = app.pipeline("good")
-    good_loaded: set[str] = set()
+    def bad_cursor_load(ctx: sluice.Context, shard: str, limit: int) -> list[int]:
+        ctx.cursor = {"after": {1, 2}}
+        return [1]
+
+    bad_cursor = app.pipeline("bad_cursor")
+    bad_cursor.split(lambda ctx: ["a"])
+    bad_cursor.load(bad_cursor_load)
+    bad_cursor.execute(noop)
+
+    good = app.pipeline("good", batch=3)
     good_done: list[str] = []
     good.split(lambda ctx: ["a", "b"])
 
     @good.load
     def good_load(ctx: sluice.Context, shard: str, limit: int) -> list[str]:
-        if shard in good_loaded:
+        start = ctx.cursor or 0  # where this shard's previous load left off (kept in the store)
+        if start >= 6:
             return []
-        good_loaded.add(shard)
-        return [f"{shard}{i}" for i in range(3)]
+        ctx.cursor = start + limit
+        return [f"{shard}{i}" for i in range(start, start + limit)]
 
     @good.execute
     def good_execute(ctx: sluice.Context, record: str) -> None:
@@ -495,6 +504,7 @@ def test_bad_layer_output_fails_the_run_with_a_clear_error_and_worker_keeps_serv
         "not_json": ["load of shard 'a'", "not JSON-serialisable", "return dicts of"],
         "no_table": ["load of shard '01'", "'nosuch_01' does not exist", "create it"],
         "no_column": ["load of shard '01'", "lacks column(s)", "attempts", "state_ddl"],
+        "bad_cursor": ["load of shard 'a'", "ctx.cursor", "not JSON-serialisable"],
     }
     store = Store.open(pg_url)
     try:
@@ -514,9 +524,37 @@ def test_bad_layer_output_fails_the_run_with_a_clear_error_and_worker_keeps_serv
             run_id = store.run_trigger("good")
             assert run_id is not None
             assert wait_run(store, run_id, 20)["state"] == "succeeded"
-            assert sorted(good_done) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+            assert sorted(good_done) == [f"{s}{i}" for s in "ab" for i in range(6)]
             wait_for(lambda: len(ticks) >= failed_at + 2, 15, message="the tick job still firing")
     finally:
         store.close()
     failed = collections.Counter(a.subject for a in alerts if a.kind == "run_failed")
     assert failed == dict.fromkeys(expected, 1), alerts
+
+
+def test_chunks_grow_for_fast_records_without_a_rate_and_a_given_chunk_size_is_kept():
+    from types import SimpleNamespace
+
+    from sluice.pipeline.runtime import CHUNK, FAST_CHUNK, FAST_RECORD, chunk_size
+    from sluice.worker.stats import NodeStats
+
+    app = sluice.App("sqlite:///:memory:")
+    free, rated = app.pipeline("free"), app.pipeline("rated", qps=100)
+    fixed = app.pipeline("fixed", chunk_size=40)
+    stats = NodeStats()
+    w = SimpleNamespace(stats=stats, overrides={}, members=[{"id": "a"}, {"id": "b"}])
+    assert chunk_size(w, free, 1000) == CHUNK, "no record run yet: speed unknown"
+    for _ in range(50):
+        for name in ("free", "rated", "fixed"):
+            stats.executed(name, FAST_RECORD / 10, True)
+    assert chunk_size(w, free, 1000) == 500, "a share of the batch per live node"
+    assert chunk_size(w, free, 10_000) == FAST_CHUNK
+    assert chunk_size(w, free, 150) == CHUNK
+    assert chunk_size(w, rated, 1000) == CHUNK, "under a rate every node takes its share"
+    assert chunk_size(w, fixed, 1000) == 40
+    w.overrides["free"] = {"qps": 50}  # sluice set free --qps 50
+    assert chunk_size(w, free, 1000) == CHUNK
+    w.overrides.clear()
+    for _ in range(100):  # the records became slow: small chunks again
+        stats.executed("free", 0.2, True)
+    assert chunk_size(w, free, 1000) == CHUNK

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluice.pipeline")
 WRITERS = 2  # stage-1 writers: one batch is written while the next executes
+SAVE_EVERY = 0.5  # seconds between progress saves of a chunk whose source keeps its state
 
 
 @dataclass(slots=True)
@@ -80,10 +82,6 @@ class _Window:
                 self._cond.notify()
             return n
 
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
     def release(self, n: int = 1) -> None:
         with self._cond:
             self._free += n
@@ -116,10 +114,6 @@ class Acker:
         for one, takes up to ``upto`` if free (a thread running fast records then switches
         less). Returns how many were taken; give back unused ones with :meth:`abandon`."""
         return self._window.acquire(upto)
-
-    def queued(self) -> int:
-        """Threads waiting for a slot of the window."""
-        return self._window.waiting
 
     def abandon(self, n: int = 1) -> None:
         """Give slots back for records that will not be acknowledged (failed, or not run)."""
@@ -252,24 +246,40 @@ class Acker:
 
     def _checkpoint(self, batches: list[_Batch]) -> None:
         by_task: dict[int, Running] = {}
-        executed: dict[int, int] = defaultdict(int)
-        stale_done: dict[int, int] = defaultdict(int)
         for b in batches:
             assert b.stale is not None
             for a in b.acks:
-                task_id = a.running.task.id
-                by_task[task_id] = a.running
+                by_task[a.running.task.id] = a.running
                 # only this thread adds to a task's "done": the saved progress only grows
                 a.running.extra.setdefault("done", set()).add(a.index)
-                executed[task_id] += 1
+                _count(a.running, "executed", 1)
             for task_id, n in b.stale.items():
-                stale_done[task_id] += n
-        if not by_task:
+                _count(by_task[task_id], "stale", n)
+        # A chunk whose records are done in their source (durable already) saves its progress
+        # and counts at most every SAVE_EVERY seconds, and its end saves the rest
+        # (unsaved_counts): for fast records that is one write per chunk instead of one per
+        # batch. Other chunks save every batch: it is what makes their records durable.
+        now = time.monotonic()
+        due = {task_id: r for task_id, r in by_task.items()
+               if self._source(r) is None or now - r.extra.get("saved_at", 0.0) >= SAVE_EVERY}
+        if not due:
             return
         items = [(task_id, r.task.token, {"done": sorted(r.extra["done"])}, r.task.run_id,
-                  Counts(executed=executed[task_id], stale=stale_done[task_id]))
-                 for task_id, r in by_task.items()]
+                  unsaved_counts(r)) for task_id, r in due.items()]
         stale = with_store(self.w, "checkpoint executed records",
                            lambda: self.w.store.task_checkpoint(items))
-        for task_id in list(by_task) if stale is None else stale:
-            by_task[task_id].lost = True
+        for r in due.values():
+            r.extra["saved_at"] = now
+        for task_id in list(due) if stale is None else stale:
+            due[task_id].lost = True
+
+
+def _count(running: Running, name: str, n: int) -> None:
+    """Add to a task's counts not yet saved in the store."""
+    counts = running.extra.setdefault("unsaved", {})
+    counts[name] = counts.get(name, 0) + n
+
+
+def unsaved_counts(running: Running) -> Counts:
+    """Take a task's counts not yet saved: they go with the write that saves them."""
+    return Counts(**running.extra.pop("unsaved", {}))

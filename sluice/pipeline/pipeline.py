@@ -51,7 +51,9 @@ class Pipeline:
     numbers, B even ones), ``group_takeover=True`` (a group with no live node has its shards
     taken by the others), ``batch`` (records a loader takes per call; default: adaptive from
     ``max(1, qps × interval / shards)`` with ``qps`` (see ``sluice.rate.sizing``), else 1000),
-    ``chunk_size=100`` (records per dispatched unit), ``max_attempts=5`` per record,
+    ``chunk_size`` (records per dispatched unit; default: 100, and up to 1000 for fast records
+    of a pipeline without a rate, see ``sluice.pipeline.runtime.chunk_size``),
+    ``max_attempts=5`` per record,
     ``record_backoff=(0.5, 30)`` seconds, ``source`` (e.g. ``TableSource``).
 
     Rate: ``qps`` (records executed per second over the whole cluster; default None, no
@@ -62,8 +64,9 @@ class Pipeline:
     """
 
     def __init__(self, app: App, name: str, *, groups: int | list[str] | None = None,
-                 group_takeover: bool = True, batch: int | None = None, chunk_size: int = 100,
-                 max_attempts: int = 5, record_backoff: Any = (0.5, 30.0), source: Any = None,
+                 group_takeover: bool = True, batch: int | None = None,
+                 chunk_size: int | None = None, max_attempts: int = 5,
+                 record_backoff: Any = (0.5, 30.0), source: Any = None,
                  qps: float | None = None, warmup: float | None = None, rate_mode: str = "local",
                  **schedule: Any) -> None:
         where = f"pipeline {name!r}"
@@ -72,7 +75,9 @@ class Pipeline:
         self.group_names = _groups(where, groups)
         self.group_takeover = bool(group_takeover)
         self.batch = None if batch is None else positive_int(where, "batch", batch)
-        self.chunk_size = positive_int(where, "chunk_size", chunk_size)
+        # None: CHUNK records per chunk, more for fast records (runtime.chunk_size)
+        self.chunk_size = None if chunk_size is None else positive_int(where, "chunk_size",
+                                                                       chunk_size)
         self.max_attempts = positive_int(where, "max_attempts", max_attempts)
         if "routing" in schedule or "shards" in schedule:
             raise ConfigError(f"{where}: routing and shards do not apply to pipelines; "

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sluice.alerts import Alert
 from sluice.errors import Cancelled, PipelineError
-from sluice.pipeline.acker import Acker
+from sluice.pipeline.acker import Acker, unsaved_counts
 from sluice.pipeline.pipeline import Pipeline, Shard
 from sluice.pipeline.tablesource import TableSource
 from sluice.rate.sizing import load_size
@@ -36,6 +36,7 @@ _acker_lock = threading.Lock()
 # every thread of the node can be waiting on a record of its own.
 FAST_RECORD = 0.0005
 SLOT_GROUP = 32
+CHUNK, FAST_CHUNK = 100, 1000  # records per execute chunk by default (see chunk_size)
 
 
 def acker(w: Worker) -> Acker:
@@ -146,7 +147,7 @@ def run_load(w: Worker, r: Running) -> None:
             _run_summary(w, r.task.run_id, pipe.name, out.run_finished)
         return
     grp, zone = r.task.grp, r.task.payload.get("zone")
-    size = pipe.chunk_size
+    size = chunk_size(w, pipe, len(records))
     # row_token: the fencing token the loader stamped on the rows (a TableSource claims them
     # with its own); a chunk's first holder completes them with it, without fencing again
     loaded = {"row_token": r.task.token, "loaded_at": time.time() + w.offset}
@@ -158,6 +159,24 @@ def run_load(w: Worker, r: Running) -> None:
     with_store(w, "dispatch loaded records", lambda: w.store.task_spawn(
         r.task.id, r.task.token, chunks, Counts(loaded=len(records)), wait=True,
         progress=cursor))
+
+
+def chunk_size(w: Worker, pipe: Pipeline, loaded: int) -> int:
+    """Records per execute chunk of a batch of ``loaded`` records: the pipeline's
+    ``chunk_size`` if it gives one. Otherwise CHUNK, or more while this node's recent records
+    of the pipeline ran under FAST_RECORD each and no rate applies: a share of the batch per
+    live node, up to FAST_CHUNK. A chunk's own costs (its row, its claim, its end) are then
+    paid once per many records, where they had cost more than the records. Slow records keep
+    small chunks, so that many threads work on them at once; under a rate, small chunks let
+    every node take its share."""
+    if pipe.chunk_size is not None:
+        return pipe.chunk_size
+    pace = w.stats.pace(pipe.name)
+    if pace is None or pace >= FAST_RECORD or \
+            w.overrides.get(pipe.name, {}).get("qps", pipe.spec.qps):
+        return CHUNK
+    per_node = -(-loaded // max(1, len(w.members)))
+    return max(CHUNK, min(FAST_CHUNK, per_node))
 
 
 def _without_parked(w: Worker, r: Running, shard: Any, records: list[Any]) -> list[Any]:
@@ -211,6 +230,7 @@ def run_exec(w: Worker, r: Running) -> None:
     done = set(progress.get("done", []))
     todo = [i for i in range(len(records)) if i not in done]
     r.extra["done"] = done
+    r.extra["saved_at"] = time.monotonic()  # its progress as claimed is saved (acker.SAVE_EVERY)
     r.extra["row_token"] = payload.get("row_token", r.task.token)
     source = pipe.source
     if source is not None and hasattr(source, "fence"):  # rows that carry a fencing token
@@ -347,8 +367,11 @@ def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str
                                   "attempts": retry_attempts, "row_token": r.extra["row_token"]})
     if parked and pipe.source is not None and hasattr(pipe.source, "park"):
         pipe.source.park(payload.get("shard"), [p[0] for p in parked], r.extra["row_token"])
-    # records re-run after a takeover are counted by the reaper (Store.task_reap)
-    counts = Counts(failed=len(failures), parked=len(parked))
+    # records re-run after a takeover are counted by the reaper (Store.task_reap); records
+    # executed since the last progress save are counted here (acker.SAVE_EVERY)
+    unsaved = unsaved_counts(r)
+    counts = Counts(failed=len(failures), parked=len(parked), executed=unsaved.executed,
+                    stale=unsaved.stale)
     out = with_store(w, "finish chunk", lambda: w.store.task_finish_chunk(
         r.task.id, r.task.token, counts, retry, parked, str(payload.get("shard"))))
     if out is None or out.stale:

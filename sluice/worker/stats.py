@@ -15,14 +15,18 @@ from typing import Any
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+PACE_WEIGHT = 0.05  # weight of the newest record in a job's moving mean execute time
+
+
 class JobStats:
-    __slots__ = ("buckets", "executed", "failed", "parked", "sum")
+    __slots__ = ("buckets", "executed", "failed", "pace", "parked", "sum")
 
     def __init__(self) -> None:
         self.executed = 0
         self.failed = 0
         self.parked = 0
         self.sum = 0.0
+        self.pace: float | None = None  # moving mean of recent execute times, seconds
         self.buckets = [0] * (len(BUCKETS) + 1)  # non-cumulative; the last is +Inf
 
     def snapshot(self) -> dict[str, Any]:
@@ -53,6 +57,14 @@ class NodeStats:
                 s.failed += 1
             s.sum += seconds
             s.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+            s.pace = seconds if s.pace is None else s.pace + (seconds - s.pace) * PACE_WEIGHT
+
+    def pace(self, job: str) -> float | None:
+        """Recent seconds per record of ``job`` on this node (a moving mean); None before
+        its first record."""
+        with self._lock:
+            stats = self._jobs.get(job)
+            return None if stats is None else stats.pace
 
     def parked(self, job: str, count: int) -> None:
         with self._lock:
