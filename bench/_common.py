@@ -53,6 +53,20 @@ def pg_version() -> str:
         return f"PostgreSQL unreachable ({exc.__class__.__name__})"
 
 
+def cpu_times() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat (Linux; zeros
+    elsewhere). Busy is every process's time, the database's included; steal is time the
+    hypervisor gave to other guests, a sign that figures of this run are low."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
 def machine_line() -> str:
     return (f"machine: {_cpu_model()}, {os.cpu_count()} cores, {_ram_gib():.1f} GiB RAM, "
             f"Linux {platform.release()}, Python {platform.python_version()}, {pg_version()}, "

@@ -12,7 +12,8 @@ bench triggers them):
   run any load of a shard and no record is handed out twice.
 
 Environment: ``BENCH_DATA_URL`` (SQLAlchemy URL of the business database), ``BENCH_SHARDS``,
-``BENCH_PER_SHARD``, ``BENCH_BATCH`` (records per load), ``BENCH_CHUNK`` (records per chunk).
+``BENCH_PER_SHARD``, ``BENCH_BATCH`` (records per load), ``BENCH_CHUNK`` (records per chunk;
+default: sluice's own choice).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ DATA_URL = os.environ.get("BENCH_DATA_URL", "postgresql+psycopg://postgres@127.0
 SHARDS = [f"{i:02d}" for i in range(int(os.environ.get("BENCH_SHARDS", "25")))]
 PER_SHARD = int(os.environ.get("BENCH_PER_SHARD", "8000"))
 BATCH = int(os.environ.get("BENCH_BATCH", "1000"))
-CHUNK = int(os.environ.get("BENCH_CHUNK", "100"))
+CHUNK = int(os.environ["BENCH_CHUNK"]) if os.environ.get("BENCH_CHUNK") else None
 
 app = sluice.App(drain_timeout=5.0)
 engine = create_engine(DATA_URL, pool_size=12, max_overflow=8)
@@ -127,3 +128,4 @@ def _count_calls(prefix: str) -> None:
 
 if os.environ.get("BENCH_COUNT_CALLS"):
     _count_calls(os.environ["BENCH_COUNT_CALLS"])
+

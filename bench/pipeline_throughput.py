@@ -11,7 +11,8 @@ Each contender gets a fresh database and ``--processes`` worker processes (defau
 - sluice-table: a generic pipeline (``app.pipeline`` + ``@execute``) whose split and load come
   from ``sluice.TableSource`` over 25 tables ``bench_rec_00..24`` (records/25 rows each), run by
   ``sluice worker --concurrency 100`` processes: at most 100 records in flight each, the same
-  bound as PgQueuer's batch of 100 jobs per dequeue. Load batch 1000 records, chunks of 100.
+  bound as PgQueuer's batch of 100 jobs per dequeue. Load batch 1000 records, chunks as
+  sluice cuts them (100 records, then a share of the batch per node once records are fast).
   Timed from ``trigger`` to the run's end (both on the database clock).
 - sluice-memory: the same, with a generic ``@load`` that makes its records in memory (a cursor
   row per shard in PostgreSQL), so the business-table writes drop out and what is left is
@@ -54,6 +55,7 @@ import psycopg
 
 from bench._common import (
     Proc,
+    cpu_times,
     machine_line,
     pg_database,
     processes,
@@ -269,18 +271,25 @@ def run_peer(name: str, url: str, args: argparse.Namespace, tmp: Path) -> dict[s
     with processes(procs):
         wait_until(lambda: len(list(sync.glob("ready-*"))) >= args.processes, 120, 0.02,
                    f"{name} workers to connect")
+        cpu0 = cpu_times()
         (sync / "go").touch()
         for p in procs:
             code = p.wait(timeout=args.timeout)
             if code != 0:
                 raise RuntimeError(f"{name} worker exited {code}: "
                                    f"{p.log_path.read_text()[-2000:]}")
+        cpu = _cpu_since(cpu0)
     results = [json.loads(o.read_text()) for o in outs]
     count = sum(r["count"] for r in results)
     first = min(r["first"] for r in results if r["first"] is not None)
     end = max(r["end"] for r in results)
     return {"name": name, "records": count, "seconds": end - first,
-            "per_process": [r["count"] for r in results]}
+            "per_process": [r["count"] for r in results], "cpu": cpu}
+
+
+def _cpu_since(start: tuple[float, float]) -> tuple[float, float]:
+    busy, steal = cpu_times()
+    return busy - start[0], steal - start[1]
 
 
 def setup_sluice_tables(url: str, shards: list[str], per_shard: int) -> None:
@@ -321,7 +330,7 @@ def run_sluice(variant: str, url: str, args: argparse.Namespace, tmp: Path) -> d
     _settle(url)
     env = {"BENCH_DATA_URL": url.replace("postgresql://", "postgresql+psycopg://"),
            "BENCH_SHARDS": str(args.shards), "BENCH_PER_SHARD": str(per_shard),
-           "BENCH_BATCH": str(args.sluice_batch), "BENCH_CHUNK": str(args.sluice_chunk)}
+           "BENCH_BATCH": str(args.sluice_batch), "BENCH_CHUNK": str(args.sluice_chunk or "")}
     if args.profile and variant == "sluice-table":
         env["BENCH_COUNT_CALLS"] = str(args.profile / "store-calls")
     wargs = ["--concurrency", str(args.sluice_concurrency)]
@@ -335,10 +344,12 @@ def run_sluice(variant: str, url: str, args: argparse.Namespace, tmp: Path) -> d
         if args.profile and variant == "sluice-table":
             profiler = _start_profiler(procs[0].pid, args.profile)
         xacts0 = _xacts(url)
+        cpu0 = cpu_times()
         app = sluice.App(url)
         run_id = app.trigger(job)
         run = wait_until(lambda: (lambda r: r if r and r["finished_at"] else None)(
             store.run_get(run_id)), args.timeout, 0.05, f"run {run_id} of {job} to end")
+        cpu = _cpu_since(cpu0)
         xacts = _xacts(url) - xacts0
         if profiler is not None:
             profiler.stop()
@@ -351,10 +362,12 @@ def run_sluice(variant: str, url: str, args: argparse.Namespace, tmp: Path) -> d
                                     ).fetchone()[0] for s in shards)
         if done != records:
             raise RuntimeError(f"{variant}: only {done} of {records} rows are DONE")
-    chunks = -(-per_shard // args.sluice_chunk) * args.shards
+    with psycopg.connect(url) as conn:  # chunk sizes are sluice's choice unless given
+        chunks = conn.execute("SELECT count(*) FROM sluice_tasks WHERE run_id = %s AND "
+                              "kind = 'exec'", (run_id,)).fetchone()[0]
     return {"name": variant, "records": run["executed"],
             "seconds": run["finished_at"] - run["created_at"], "xacts": xacts, "chunks": chunks,
-            "reexecuted": run["reexecuted"], "stale": run["stale"]}
+            "reexecuted": run["reexecuted"], "stale": run["stale"], "cpu": cpu}
 
 
 # -- profiling -------------------------------------------------------------------------------
@@ -471,7 +484,8 @@ def main() -> int:
     ap.add_argument("--sluice-concurrency", type=int, default=100,
                     help="records in flight per sluice worker (its --concurrency)")
     ap.add_argument("--sluice-batch", type=int, default=1000, help="records per load")
-    ap.add_argument("--sluice-chunk", type=int, default=100, help="records per chunk")
+    ap.add_argument("--sluice-chunk", type=int, default=None,
+                    help="records per chunk (default: sluice's own, see chunk_size)")
     ap.add_argument("--pgqueuer-batch", type=int, default=100, help="PgQueuer dequeue batch")
     ap.add_argument("--procrastinate-concurrency", type=int, default=10)
     ap.add_argument("--raw-batch", type=int, default=100)
@@ -502,7 +516,7 @@ def main() -> int:
     print(machine_line())
     print(f"workload: {args.records} no-op records, {args.shards} shards, {args.processes} "
           f"worker processes per contender; sluice concurrency {args.sluice_concurrency}, "
-          f"load batch {args.sluice_batch}, chunk {args.sluice_chunk}; PgQueuer "
+          f"load batch {args.sluice_batch}, chunk {args.sluice_chunk or 'auto'}; PgQueuer "
           f"{_version('pgqueuer')} batch_size {args.pgqueuer_batch}; procrastinate "
           f"{_version('procrastinate')} concurrency {args.procrastinate_concurrency}; raw "
           f"claim {args.raw_batch}\n", flush=True)
@@ -521,9 +535,13 @@ def main() -> int:
             extra = ""
             if "xacts" in res:
                 extra = (f"; {res['xacts']} PostgreSQL transactions = "
-                         f"{res['xacts'] / res['chunks']:.1f} per chunk of {args.sluice_chunk}")
+                         f"{res['xacts'] / res['chunks']:.1f} per chunk ({res['chunks']} chunks "
+                         f"of {res['records'] / res['chunks']:.0f} records on average)")
+            busy, steal = res["cpu"]
             print(f"  {res['records']} records in {res['seconds']:.2f} s = "
-                  f"{res['rate']:,.0f} records/s{extra}", flush=True)
+                  f"{res['rate']:,.0f} records/s{extra}; machine CPU {busy:.1f} s = "
+                  f"{1e6 * busy / res['records']:.0f} µs per record, steal {steal:.1f} s",
+                  flush=True)
     _report(results, args)
     return 0
 
