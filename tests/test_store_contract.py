@@ -94,6 +94,8 @@ def test_claims_are_exclusive_and_fenced(store, store_url):
                 claimed.extend(batch)
         s.close()
 
+    run_id = store.run_list("j")[0]["id"]
+    assert store.run_get(run_id)["state"] == "pending"
     threads = [threading.Thread(target=node, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
@@ -101,6 +103,7 @@ def test_claims_are_exclusive_and_fenced(store, store_url):
         t.join()
     assert sorted(t.id for t in claimed) == sorted({t.id for t in claimed})
     assert len(claimed) == 40
+    assert store.run_get(run_id)["state"] == "running", "a claim marks its run running"
     tokens = [t.token for t in claimed]
     t0 = claimed[0]
     assert store.task_fail(t0.id, t0.token, "boom", 0).retried

@@ -357,12 +357,14 @@ class Store(ReadViews):
             return []
         pg = self.dialect == "postgresql"
         saturated = saturated or []
-        with self.db.transaction() as tx:
+        # PostgreSQL: one statement that also marks the runs running, in autocommit
+        with self.db.single() if pg else self.db.transaction() as tx:
             rows = tx.all("task_claim", node=node, limit=limit, zone=zone, lease_ttl=lease_ttl,
                           groups=groups if pg else dumps(groups),
                           saturated=saturated if pg else dumps(saturated))
-            for run_id in {r["run_id"] for r in rows}:
-                tx.run("run_mark_running", id=run_id)
+            if not pg:
+                for run_id in {r["run_id"] for r in rows}:
+                    tx.run("run_mark_running", id=run_id)
         return [ClaimedTask.from_row(r) for r in rows]
 
     def task_renew(self, node: str, held: list[tuple[int, int]],

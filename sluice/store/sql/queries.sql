@@ -177,7 +177,9 @@ RETURNING id, run_id, job, kind, parent_id, grp, payload, progress, attempt, max
 
 -- name: task_claim@postgresql
 -- = ANY(ARRAY(...)): the picked ids are looked up by primary key. As IN (...), a plan made
--- while the table was small joined them with a scan of the whole table.
+-- while the table was small joined them with a scan of the whole table. One statement (run in
+-- autocommit): the claimed tasks' runs become running in it too (run_mark_running).
+WITH claimed AS (
 UPDATE sluice_tasks
    SET state = 'running', owner = :node, token = {next_token}, attempt = attempt + 1,
        claims = claims + 1,
@@ -192,7 +194,11 @@ UPDATE sluice_tasks
      ORDER BY available_at, id LIMIT :limit {skip_locked}))
 RETURNING id, run_id, job, kind, parent_id, grp, payload, progress, attempt, max_attempts, token,
           claims,
-          (SELECT scheduled_at FROM sluice_runs r WHERE r.id = run_id) AS scheduled_at
+          (SELECT scheduled_at FROM sluice_runs r WHERE r.id = run_id) AS scheduled_at),
+     started AS (
+UPDATE sluice_runs SET state = 'running'
+ WHERE id IN (SELECT run_id FROM claimed) AND state = 'pending')
+SELECT * FROM claimed
 
 -- name: task_renew
 UPDATE sluice_tasks SET lease_until = {now} + :lease_ttl
