@@ -3,7 +3,7 @@ raw ``FOR UPDATE SKIP LOCKED`` loop, all on the same PostgreSQL.
 
     .venv/bin/python bench/pipeline_throughput.py [--records 200000] [--shards 25]
         [--processes 2] [--only raw,pgqueuer,procrastinate,sluice-table,sluice-memory,...]
-        [--profile DIR]
+        [--repeat N] [--profile DIR]
 
 Each contender gets a fresh database and ``--processes`` worker processes (default 2, for this
 2-core machine) and works through ``--records`` no-op records:
@@ -26,6 +26,11 @@ Each contender gets a fresh database and ``--processes`` worker processes (defau
   (concurrency 10 by default, pool sized to it); jobs batch-deferred beforehand.
 - raw: a psycopg loop per process: claim 100 rows with ``FOR UPDATE SKIP LOCKED`` (one
   transaction), run the no-op, mark them done (a second transaction).
+
+With ``--repeat N`` the contenders run in N interleaved rounds and each one's median run is
+compared (its best is printed too): on a shared machine a slow spell then falls on all of
+them. Every run prints the machine's busy CPU per record and the time stolen by the
+hypervisor, which tells such spells apart.
 
 Peers are timed from their first dequeue to their last completion (enqueueing excluded). They
 come with the ``bench`` extra (``./scripts/bench pipeline_throughput`` installs it).
@@ -489,6 +494,8 @@ def main() -> int:
     ap.add_argument("--pgqueuer-batch", type=int, default=100, help="PgQueuer dequeue batch")
     ap.add_argument("--procrastinate-concurrency", type=int, default=10)
     ap.add_argument("--raw-batch", type=int, default=100)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds over all contenders; the median run of each is compared")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per contender")
     ap.add_argument("--profile", type=Path, help="folder for a py-spy profile of sluice-table")
     # child roles
@@ -520,30 +527,44 @@ def main() -> int:
           f"{_version('pgqueuer')} batch_size {args.pgqueuer_batch}; procrastinate "
           f"{_version('procrastinate')} concurrency {args.procrastinate_concurrency}; raw "
           f"claim {args.raw_batch}\n", flush=True)
-    results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as d:
         tmp = Path(d)
-        for name in [c for c in CONTENDERS if c in only]:
-            print(f"running {name} ...", flush=True)
-            with pg_database(name.replace("-", "_")) as url:
-                if name.startswith("sluice"):
-                    res = run_sluice(name, url, args, tmp)
-                else:
-                    res = run_peer(name, url, args, tmp)
-            res["rate"] = res["records"] / res["seconds"]
-            results[name] = res
-            extra = ""
-            if "xacts" in res:
-                extra = (f"; {res['xacts']} PostgreSQL transactions = "
-                         f"{res['xacts'] / res['chunks']:.1f} per chunk ({res['chunks']} chunks "
-                         f"of {res['records'] / res['chunks']:.0f} records on average)")
-            busy, steal = res["cpu"]
-            print(f"  {res['records']} records in {res['seconds']:.2f} s = "
-                  f"{res['rate']:,.0f} records/s{extra}; machine CPU {busy:.1f} s = "
-                  f"{1e6 * busy / res['records']:.0f} µs per record, steal {steal:.1f} s",
-                  flush=True)
+        for round_ in range(1, args.repeat + 1):
+            for name in [c for c in CONTENDERS if c in only]:
+                print(f"running {name}" + (f" (round {round_})" if args.repeat > 1 else "")
+                      + " ...", flush=True)
+                res = _run_one(name, args, tmp / f"{name}-{round_}")
+                runs.setdefault(name, []).append(res)
+                extra = ""
+                if "xacts" in res:
+                    extra = (f"; {res['xacts']} PostgreSQL transactions = "
+                             f"{res['xacts'] / res['chunks']:.1f} per chunk ({res['chunks']} "
+                             f"chunks of {res['records'] / res['chunks']:.0f} records on "
+                             "average)")
+                busy, steal = res["cpu"]
+                print(f"  {res['records']} records in {res['seconds']:.2f} s = "
+                      f"{res['rate']:,.0f} records/s{extra}; machine CPU {busy:.1f} s = "
+                      f"{1e6 * busy / res['records']:.0f} µs per record, steal {steal:.1f} s",
+                      flush=True)
+    # the median run of each contender (its best too, with --repeat): rounds interleave the
+    # contenders, so a slow spell of the machine falls on all of them
+    results = {name: sorted(rs, key=lambda r: r["rate"])[len(rs) // 2] for name, rs in
+               runs.items()}
+    if args.repeat > 1:
+        print("\nbest of each contender: " + ", ".join(
+            f"{name} {max(r['rate'] for r in rs):,.0f}/s" for name, rs in runs.items()))
     _report(results, args)
     return 0
+
+
+def _run_one(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    tmp.mkdir(parents=True)
+    with pg_database(name.replace("-", "_")) as url:
+        res = run_sluice(name, url, args, tmp) if name.startswith("sluice") else \
+            run_peer(name, url, args, tmp)
+    res["rate"] = res["records"] / res["seconds"]
+    return res
 
 
 def _report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
