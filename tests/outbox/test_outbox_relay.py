@@ -38,7 +38,8 @@ def _insert_pending(engine: Engine, n: int, topic: str = "t.bulk") -> None:
 def test_failures_back_off_then_park_and_alert(engine: Engine) -> None:
     alerts: list[Alert] = []
     pub = Collector(fail=lambda m: m.topic == "t.poison")
-    ob = Outbox(engine, pub, max_attempts=3, backoff=(0.05, 0.1), on_alert=alerts.append)
+    # backoff long enough that a slow machine still reads the messages as backing off
+    ob = Outbox(engine, pub, max_attempts=3, backoff=(1.0, 1.5), on_alert=alerts.append)
     _insert_pending(engine, 2, "t.poison")
     _insert_pending(engine, 1, "t.fine")
     first = ob.relay(owner="n1")
@@ -53,7 +54,7 @@ def test_failures_back_off_then_park_and_alert(engine: Engine) -> None:
         ob.relay(owner="n1")
         return ob.status()["parked"] == 2
 
-    wait_until(parked, 10, "both poison messages parked")
+    wait_until(parked, 20, "both poison messages parked")
     assert pub.ids == [3]
     # One alert per pass that parked something (jitter may split the two across passes).
     assert {a.kind for a in alerts} == {"message_parked"} and len(alerts) <= 2
