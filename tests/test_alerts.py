@@ -92,7 +92,9 @@ def test_run_failed_parked_summary_and_late_firing(hook: Webhook, sqlite_url: st
 
             late = wait_for(lambda: hook.alerts("firing_late"), 20, message="firing_late")
             assert late[0]["subject"] == "orphan" and late[0]["details"]["late_seconds"] > 2
-        assert len(hook.alerts("firing_late")) == 1  # one per overdue instant
+        # one per overdue instant (the webhook delivers at least once: a POST it timed out on
+        # under a starved machine is sent again, so count instants, not deliveries)
+        assert len({a["details"]["due_at"] for a in hook.alerts("firing_late")}) == 1
     finally:
         store.close()
 
