@@ -73,8 +73,7 @@ def run_split(w: Worker, r: Running) -> None:
         return _layer_error(w, r, pipe, "split", exc, contract=True)
     except Exception as exc:
         return _layer_error(w, r, pipe, "split", exc, contract=False)
-    qps = w.overrides.get(pipe.name, {}).get("qps", pipe.spec.qps)
-    limit = pipe.load_limit(len(shards), qps)
+    limit = pipe.load_limit(len(shards), _qps(w, pipe))
     loads = [TaskPlan(kind="load", grp=pipe.group_of(s.key), zone=s.zone,
                       payload={"shard": s.key, "limit": limit, "zone": s.zone,
                                "nshards": len(shards)},
@@ -100,10 +99,15 @@ def _shards(result: Any) -> list[Shard]:
     return shards
 
 
+def _qps(w: Worker, pipe: Pipeline) -> float | None:
+    """The pipeline's cluster rate: a ``sluice set`` override, else its declared ``qps``."""
+    return w.overrides.get(pipe.name, {}).get("qps", pipe.spec.qps)  # type: ignore[no-any-return]
+
+
 def _load_size(w: Worker, r: Running, pipe: Pipeline) -> int | None:
     """Records to load now, adapted to the backlog (``sluice.rate.sizing``); None when the
     task was handed back to look again later (enough is loaded already)."""
-    qps = w.overrides.get(pipe.name, {}).get("qps", pipe.spec.qps)
+    qps = _qps(w, pipe)
     if pipe.batch is not None or not qps:
         return int(r.task.payload["limit"])
     counted = with_store(w, "read the backlog", lambda: w.store.rate_backlog(pipe.name))
@@ -172,8 +176,7 @@ def chunk_size(w: Worker, pipe: Pipeline, loaded: int) -> int:
     if pipe.chunk_size is not None:
         return pipe.chunk_size
     pace = w.stats.pace(pipe.name)
-    if pace is None or pace >= FAST_RECORD or \
-            w.overrides.get(pipe.name, {}).get("qps", pipe.spec.qps):
+    if pace is None or pace >= FAST_RECORD or _qps(w, pipe):
         return CHUNK
     per_node = -(-loaded // max(1, len(w.members)))
     return max(CHUNK, min(FAST_CHUNK, per_node))

@@ -237,10 +237,10 @@ class TableSource:
                        (*self._update_params(token, version), keys))
                       for _, table, token, version, keys in updates]
         with _one_statement(engine) as conn:
-            raw = conn.connection.driver_connection
             if engine.dialect.driver != "psycopg":
                 return [int(conn.exec_driver_sql(sql, params).rowcount)
                         for sql, params in statements]
+            raw = conn.connection.driver_connection
             with raw.pipeline():  # type: ignore[union-attr]
                 cursors = [raw.execute(sql, params)  # type: ignore[union-attr]
                            for sql, params in statements]
