@@ -233,7 +233,7 @@ def test_sigterm_hands_back_running_chunks_and_their_next_holder_fences_them(pg_
     log = tmp_path / "events"
     env = {"TEST_EVENTS": str(log), "TEST_PIPELINES": "coupons", "TEST_DATA_URL": data_url,
            "TEST_SHARDS": str(shards), "TEST_BATCH": "200", "TEST_CHUNK": "50",
-           "TEST_EXEC_SLEEP": "0.01", "TEST_DRAIN": "0.3"}
+           "TEST_EXEC_SLEEP": "0.02", "TEST_DRAIN": "0.3"}  # a chunk takes 1 s, the drain 0.3
     store = Store.open(pg_url)
     try:
         with workers(APP, pg_url, 2, env=env, args=["--concurrency", "8"],
@@ -243,8 +243,9 @@ def test_sigterm_hands_back_running_chunks_and_their_next_holder_fences_them(pg_
             assert run_id is not None
             wait_for(lambda: (store.run_get(run_id) or {}).get("executed", 0) >= records * 0.3,
                      120, interval=0.05, message="30% of the records executed")
-            busy = collections.Counter(e["pid"] for e in events(log)[-200:])
-            victim = max(procs, key=lambda p: busy[p.pid])
+            # the victim holds running chunks right now (the store says who runs what)
+            victim = wait_for(lambda: _running_chunks(store, run_id, procs), 60, interval=0.02,
+                              message="a node running execute chunks")
             victim.terminate(30)
             run = wait_run(store, run_id, 120)
             handed_back = [t for t in store.run_tasks(run_id)
@@ -269,6 +270,15 @@ def test_sigterm_hands_back_running_chunks_and_their_next_holder_fences_them(pg_
     states = table_states(data_url, "coupon", shards)
     assert states.get("DONE") == records and states.get("leased", 0) == 0, states
     assert run["state"] == "succeeded" and run["executed"] == records, run
+
+
+def _running_chunks(store: Store, run_id: int, procs: list) -> object:
+    """The worker process holding the most running execute chunks of the run, if any."""
+    owners = collections.Counter(t["owner"] for t in store.run_tasks(run_id)
+                                 if t["kind"] == "exec" and t["state"] == "running")
+    by_pid = {int(owner.split(":")[1]): n for owner, n in owners.items() if owner}
+    busiest = max(procs, key=lambda p: by_pid.get(p.pid, 0))
+    return busiest if by_pid.get(busiest.pid) else None
 
 
 # -- 3: groups=2, A takes odd shards, B even; B gone → A takes over ------------------------------

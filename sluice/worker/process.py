@@ -33,7 +33,7 @@ def run_foreground(app: App, settings: Settings) -> None:
     def on_signal(signum: int, _frame: object) -> None:
         signals["count"] += 1
         if signals["count"] == 1:
-            log.info("signal %d: draining (up to %.0fs)", signum, settings.drain_timeout)
+            log.info("signal %d: draining (up to %gs)", signum, settings.drain_timeout)
             worker.stop()
         else:
             log.info("second signal: handing back running work now")
