@@ -556,7 +556,7 @@ def test_chunks_grow_for_fast_records_without_a_rate_and_a_given_chunk_size_is_k
     assert chunk_size(w, free, 1000) == CHUNK, "no record run yet: speed unknown"
     for _ in range(50):
         for name in ("free", "rated", "fixed"):
-            stats.executed(name, FAST_RECORD / 10, True)
+            stats.executed(name, [(FAST_RECORD / 10, True)])
     assert chunk_size(w, free, 1000) == 500, "a share of the batch per live node"
     assert chunk_size(w, free, 10_000) == FAST_CHUNK
     assert chunk_size(w, free, 150) == CHUNK
@@ -566,5 +566,5 @@ def test_chunks_grow_for_fast_records_without_a_rate_and_a_given_chunk_size_is_k
     assert chunk_size(w, free, 1000) == CHUNK
     w.overrides.clear()
     for _ in range(100):  # the records became slow: small chunks again
-        stats.executed("free", 0.2, True)
+        stats.executed("free", [(0.2, True)])
     assert chunk_size(w, free, 1000) == CHUNK

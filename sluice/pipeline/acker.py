@@ -117,16 +117,26 @@ class Acker:
 
     def abandon(self, n: int = 1) -> None:
         """Give slots back for records that will not be acknowledged (failed, or not run)."""
-        self._window.release(n)
+        if n > 0:
+            self._window.release(n)
 
     def ack(self, running: Running, index: int, record: Any, slot: bool = True,
             complete: bool = True) -> None:
         """The record is done: write its completion soon. ``slot``: it holds a window slot
         (taken with :meth:`begin`), freed once the completion is durable. ``complete=False``:
         the source already shows it done (finished by a previous owner of the chunk)."""
+        self._add(running, [_Ack(running, index, record, slot, complete)])
+
+    def ack_many(self, running: Running, done: list[tuple[int, Any]], slot: bool = True) -> None:
+        """:meth:`ack` for several records of one task, (index, record) each: one hand-over
+        to the writers, one wake-up."""
+        if done:
+            self._add(running, [_Ack(running, i, record, slot, True) for i, record in done])
+
+    def _add(self, running: Running, acks: list[_Ack]) -> None:
         with self._cond:
-            self._pending.append(_Ack(running, index, record, slot, complete))
-            self._inflight[running.task.id] += 1
+            self._pending += acks
+            self._inflight[running.task.id] += len(acks)
             written = self._written.get(running.task.id)
             if written is None:
                 self._written[running.task.id] = threading.Event()

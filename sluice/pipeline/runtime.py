@@ -284,43 +284,62 @@ def _skip_finished(w: Worker, r: Running, records: list[Any], todo: list[int], h
 
 def _execute_all(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
                  attempts: list[int], todo: list[int]) -> dict[int, str]:
-    ack = acker(w)
-    gate = w.plugins.get("rate")
-    failures: dict[int, str] = {}
-    ctx = r.ctx
-    stats = w.stats
     if pipe.execute_batch_fn is not None:
         return _execute_batch(w, r, pipe, records, todo)
+    ack = acker(w)
+    failures: dict[int, str] = {}
+    pos, fast = 0, False
+    while pos < len(todo) and not r.lost:
+        # slots of the node's in-flight window: bound re-runs on a kill
+        slots = ack.begin(min(SLOT_GROUP, len(todo) - pos) if fast else 1)
+        group = todo[pos:pos + slots]
+        pos += slots
+        fast = _execute_group(w, r, pipe, records, attempts, group, failures)
+    return failures
+
+
+def _execute_group(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
+                   attempts: list[int], group: list[int], failures: dict[int, str]) -> bool:
+    """Run records that hold a window slot each. Fast records without a rate are handed to
+    the acker together, once the group is through: one hand-over and one wake-up instead of
+    one per record. Returns whether the last one was fast."""
     assert pipe.execute_fn is not None
-    slots, fast = 0, False
+    ack = acker(w)
+    gate = w.plugins.get("rate")
+    paced = gate is not None and gate.paced(pipe.name)
+    ctx = r.ctx
+    done: list[tuple[int, Any]] = []
+    runs: list[tuple[float, bool]] = []
+    fast = False
     try:
-        for n, i in enumerate(todo):
+        for i in group:
             if r.lost:
                 break
-            if gate is not None:
+            if paced and gate is not None:
                 gate.acquire(pipe.name)  # the pipeline's qps share on this node (sluice.rate)
             ctx.attempt = attempts[i] + 1
-            if not slots:  # slots of the node's in-flight window: bound re-runs on a kill
-                slots = ack.begin(min(SLOT_GROUP, len(todo) - n) if fast else 1)
-            slots -= 1
             started = time.perf_counter()
             try:
                 call(pipe.execute_fn, ctx, (records[i],), w.loops, pipe.spec.timeout)
             except Cancelled:
                 failures[i] = "Cancelled"
-            except Exception as exc:  # a record's failure is its own attempt, never the worker's
+            except Exception as exc:  # a record's failure is its own attempt, not the worker's
                 failures[i] = f"{type(exc).__name__}: {exc}"
             took = time.perf_counter() - started
             fast = took < FAST_RECORD
-            stats.executed(pipe.name, took, i not in failures)
-            if i in failures:
-                ack.abandon()
-            else:
-                ack.ack(r, i, records[i])
+            runs.append((took, i not in failures))
+            if i not in failures:
+                done.append((i, records[i]))
+            if paced or not fast:  # a slow record's completion is not kept waiting
+                ack.ack_many(r, done)
+                done = []
     finally:
-        if slots:
-            ack.abandon(slots)
-    return failures
+        ack.ack_many(r, done)
+        ack.abandon(len(group) - len(runs) + sum(not ok for _, ok in runs))  # no ack coming
+        if gate is not None and not paced:
+            gate.acquire(pipe.name, len(runs))  # counted as started; no rate, no wait
+        w.stats.executed(pipe.name, runs)
+    return fast
 
 
 def _execute_batch(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
@@ -342,8 +361,9 @@ def _execute_batch(w: Worker, r: Running, pipe: Pipeline, records: list[Any],
     except Exception as exc:
         outcomes = [exc] * len(batch)
     each = (time.perf_counter() - started) / max(1, len(batch))
+    w.stats.executed(pipe.name, [(each, not isinstance(outcome, BaseException))
+                                 for outcome in outcomes])
     for i, outcome in zip(todo, outcomes, strict=True):
-        w.stats.executed(pipe.name, each, not isinstance(outcome, BaseException))
         if isinstance(outcome, BaseException):
             failures[i] = f"{type(outcome).__name__}: {outcome}"
         else:

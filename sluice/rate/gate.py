@@ -128,9 +128,14 @@ class RateGate:
 
     def acquire(self, job: str, permits: int = 1) -> float:
         """Block until ``permits`` of ``job`` are due (at once for a job without a rate)."""
-        rate = self._enter(job)
+        rate = self.jobs.get(job)
         if rate is None:
             return 0.0
+        if rate.limiter is None:  # nothing to wait for: only count them
+            with self._lock:
+                rate.granted += permits
+            return 0.0
+        self._enter(job)
         try:
             held = self._held(rate)
             if held:
@@ -168,6 +173,11 @@ class RateGate:
         finally:
             self._leave(rate, permits)
         return held + waited
+
+    def paced(self, job: str) -> bool:
+        """Whether ``job`` has a rate on this node now (its callers may have to wait)."""
+        rate = self.jobs.get(job)
+        return rate is not None and rate.limiter is not None
 
     def limited(self) -> bool:
         """Whether any job's rate caps what this node runs."""

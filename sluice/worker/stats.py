@@ -47,17 +47,18 @@ class NodeStats:
             stats = self._jobs[job] = JobStats()
         return stats
 
-    def executed(self, job: str, seconds: float, ok: bool) -> None:
-        """One record's execute call took ``seconds``; ``ok`` when it did not raise."""
+    def executed(self, job: str, runs: list[tuple[float, bool]]) -> None:
+        """Records' execute calls ran: (seconds taken, did not raise) each."""
         with self._lock:
             s = self._job(job)
-            if ok:
-                s.executed += 1
-            else:
-                s.failed += 1
-            s.sum += seconds
-            s.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
-            s.pace = seconds if s.pace is None else s.pace + (seconds - s.pace) * PACE_WEIGHT
+            for seconds, ok in runs:
+                if ok:
+                    s.executed += 1
+                else:
+                    s.failed += 1
+                s.sum += seconds
+                s.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+                s.pace = seconds if s.pace is None else s.pace + (seconds - s.pace) * PACE_WEIGHT
 
     def pace(self, job: str) -> float | None:
         """Recent seconds per record of ``job`` on this node (a moving mean); None before
