@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, create_engine, inspect, text
 
 from sluice.errors import ConfigError, PipelineError
+from sluice.store.pgarray import array_literal
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 STATE_COLUMNS = ("status", "attempts", "lease_owner", "lease_until", "lease_token", "version")
@@ -234,16 +235,17 @@ class TableSource:
         round trip (pipeline mode)."""
         statements = [(self._update_sql(table, version, "%s") +
                        f"= ANY(CAST(%s AS {self._tables[table].key_type}[]))",
-                       (*self._update_params(token, version), keys))
+                       (*self._update_params(token, version), _array(keys)))
                       for _, table, token, version, keys in updates]
         with _one_statement(engine) as conn:
             if engine.dialect.driver != "psycopg":
                 return [int(conn.exec_driver_sql(sql, params).rowcount)
                         for sql, params in statements]
-            raw = conn.connection.driver_connection
-            with raw.pipeline():  # type: ignore[union-attr]
-                cursors = [raw.execute(sql, params)  # type: ignore[union-attr]
-                           for sql, params in statements]
+            raw: Any = conn.connection.driver_connection
+            if len(statements) == 1:
+                return [int(raw.execute(*statements[0]).rowcount)]
+            with raw.pipeline():
+                cursors = [raw.execute(sql, params) for sql, params in statements]
             return [int(cur.rowcount) for cur in cursors]
 
     def park(self, shard: Any, records: list[dict[str, Any]], token: int) -> None:
@@ -363,6 +365,13 @@ def _jsonable(keys: list[str], rows: Any) -> list[dict[str, Any]]:
         if not {type(v) for v in column} <= _JSON_TYPES:
             column[:] = [_json_value(v) for v in column]
     return [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def _array(keys: list[Any]) -> Any:
+    """Keys for ``CAST(%s AS type[])``: an array literal (see sluice.store.pgarray) where the
+    keys are plain values, else the list for the driver to adapt."""
+    literal = array_literal(keys)
+    return keys if literal is None else literal
 
 
 def _json_value(v: Any) -> Any:

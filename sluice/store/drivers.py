@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sluice.errors import StoreError
+from sluice.store.pgarray import with_array_literals
 from sluice.store.queries import render
 
 IDLE_CHECK_AFTER = 2.0  # seconds; see _check_if_idle
@@ -217,9 +218,13 @@ class PostgresDriver(Driver):
         self.url = url
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=True, timeout=30.0,
-            kwargs={"row_factory": dict_row, "autocommit": False},
+            kwargs={"row_factory": dict_row, "autocommit": False,
+                    "application_name": "sluice"},  # who is who in pg_stat_activity
             check=_check_if_idle, name="sluice",
         )
+
+    def prepare(self, cur: Any, name: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return render(name, self.dialect, self.tokens), with_array_literals(params)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -273,7 +278,8 @@ class PostgresDriver(Driver):
     def listen(self, callback: Callable[[str], None], stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
+                with psycopg.connect(self.url, autocommit=True,
+                                     application_name="sluice-listen") as conn:
                     conn.execute("LISTEN sluice")
                     callback("*")  # anything may have happened while we were not listening
                     while not stop.is_set():
