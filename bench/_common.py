@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -159,6 +160,53 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
+
+
+def _postgres_cpu() -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL process on this machine (server and backends)."""
+    seconds = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().startswith("postgres"):
+                    seconds[int(entry.name)] = cpu_seconds(int(entry.name))
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+    return seconds
+
+
+class PostgresCpu:
+    """PostgreSQL's CPU seconds over a stretch of time: read every quarter second, so that a
+    backend whose connection closes before the end still counts (but its last moments)."""
+
+    def __init__(self) -> None:
+        self._start = _postgres_cpu()
+        self._last = dict(self._start)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.25):
+            self._last.update(_postgres_cpu())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self._last.update(_postgres_cpu())
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items())
+
+    def by_application(self, url: str) -> dict[str, float]:
+        """CPU seconds so far of the backends still connected, by their application_name."""
+        with psycopg.connect(url, autocommit=True) as conn:
+            names = dict(conn.execute("SELECT pid, application_name FROM pg_stat_activity "
+                                      "WHERE backend_type = 'client backend'").fetchall())
+        now = _postgres_cpu()
+        out: dict[str, float] = {}
+        for pid, name in names.items():
+            if pid in now:
+                out[name or "?"] = out.get(name or "?", 0.0) + now[pid] - self._start.get(pid, 0)
+        return out
 
 
 def rss_mib(pid: int, key: str = "VmRSS") -> float:

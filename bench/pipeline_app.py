@@ -31,7 +31,8 @@ BATCH = int(os.environ.get("BENCH_BATCH", "1000"))
 CHUNK = int(os.environ["BENCH_CHUNK"]) if os.environ.get("BENCH_CHUNK") else None
 
 app = sluice.App(drain_timeout=5.0)
-engine = create_engine(DATA_URL, pool_size=12, max_overflow=8)
+engine = create_engine(DATA_URL, pool_size=12, max_overflow=8,
+                       connect_args={"application_name": "bench-data"})
 
 table = app.pipeline("bench_table", batch=BATCH, chunk_size=CHUNK,
                      source=sluice.TableSource(engine, "bench_rec_{shard}", shards=SHARDS))
@@ -115,15 +116,38 @@ def _count_calls(prefix: str) -> None:
 
     def dump() -> None:
         path = f"{prefix}-{os.getpid()}.json"
+        threads_path = path.replace("store-calls", "thread-cpu")
         while True:
             time.sleep(0.5)
             with lock:
                 data = json.dumps(dict(counts))
-            with open(path + ".tmp", "w") as f:
-                f.write(data)
-            os.replace(path + ".tmp", path)
+            _write(path, data)
+            _write(threads_path, json.dumps(_thread_cpu()))
+
+    def _write(path: str, data: str) -> None:
+        with open(path + ".tmp", "w") as f:
+            f.write(data)
+        os.replace(path + ".tmp", path)
 
     threading.Thread(target=dump, name="bench-count-calls", daemon=True).start()
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's threads so far, summed by Python thread name (handler
+    threads under one name); a thread that ended is missed."""
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = {}
+    for t in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = "sluice-task (handlers)" if t.name.startswith("sluice-task") else t.name
+        cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return cpu
 
 
 if os.environ.get("BENCH_COUNT_CALLS"):

@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 
 from bench._common import (
+    PostgresCpu,
     Proc,
     cpu_times,
     machine_line,
@@ -276,7 +277,7 @@ def run_peer(name: str, url: str, args: argparse.Namespace, tmp: Path) -> dict[s
     with processes(procs):
         wait_until(lambda: len(list(sync.glob("ready-*"))) >= args.processes, 120, 0.02,
                    f"{name} workers to connect")
-        cpu0 = cpu_times()
+        cpu0 = _cpu_now()
         (sync / "go").touch()
         for p in procs:
             code = p.wait(timeout=args.timeout)
@@ -292,9 +293,14 @@ def run_peer(name: str, url: str, args: argparse.Namespace, tmp: Path) -> dict[s
             "per_process": [r["count"] for r in results], "cpu": cpu}
 
 
-def _cpu_since(start: tuple[float, float]) -> tuple[float, float]:
+def _cpu_now() -> tuple[float, float, PostgresCpu]:
+    return (*cpu_times(), PostgresCpu())
+
+
+def _cpu_since(start: tuple[float, float, PostgresCpu]) -> tuple[float, float, float]:
+    """Machine busy and steal seconds, and PostgreSQL's share of busy, since ``start``."""
     busy, steal = cpu_times()
-    return busy - start[0], steal - start[1]
+    return busy - start[0], steal - start[1], start[2].stop()
 
 
 def setup_sluice_tables(url: str, shards: list[str], per_shard: int) -> None:
@@ -336,7 +342,8 @@ def run_sluice(variant: str, url: str, args: argparse.Namespace, tmp: Path) -> d
     env = {"BENCH_DATA_URL": url.replace("postgresql://", "postgresql+psycopg://"),
            "BENCH_SHARDS": str(args.shards), "BENCH_PER_SHARD": str(per_shard),
            "BENCH_BATCH": str(args.sluice_batch), "BENCH_CHUNK": str(args.sluice_chunk or "")}
-    if args.profile and variant == "sluice-table":
+    profile = args.profile and variant == _profiled(args)
+    if profile:
         env["BENCH_COUNT_CALLS"] = str(args.profile / "store-calls")
     wargs = ["--concurrency", str(args.sluice_concurrency)]
     procs = [sluice_worker("bench.pipeline_app:app", url, tmp / f"{variant}-{i}.log", env, wargs)
@@ -346,14 +353,15 @@ def run_sluice(variant: str, url: str, args: argparse.Namespace, tmp: Path) -> d
         wait_until(lambda: len(store.node_list_live(5.0)) >= args.processes, 120, 0.05,
                    "sluice workers to register")
         time.sleep(1.5)  # one heartbeat: every node sees the others before work is planned
-        if args.profile and variant == "sluice-table":
+        if profile:
             profiler = _start_profiler(procs[0].pid, args.profile)
         xacts0 = _xacts(url)
-        cpu0 = cpu_times()
+        cpu0 = _cpu_now()
         app = sluice.App(url)
         run_id = app.trigger(job)
         run = wait_until(lambda: (lambda r: r if r and r["finished_at"] else None)(
             store.run_get(run_id)), args.timeout, 0.05, f"run {run_id} of {job} to end")
+        pg_apps = cpu0[2].by_application(url)
         cpu = _cpu_since(cpu0)
         xacts = _xacts(url) - xacts0
         if profiler is not None:
@@ -372,7 +380,8 @@ def run_sluice(variant: str, url: str, args: argparse.Namespace, tmp: Path) -> d
                               "kind = 'exec'", (run_id,)).fetchone()[0]
     return {"name": variant, "records": run["executed"],
             "seconds": run["finished_at"] - run["created_at"], "xacts": xacts, "chunks": chunks,
-            "reexecuted": run["reexecuted"], "stale": run["stale"], "cpu": cpu}
+            "reexecuted": run["reexecuted"], "stale": run["stale"], "cpu": cpu,
+            "pg_apps": pg_apps}
 
 
 # -- profiling -------------------------------------------------------------------------------
@@ -383,7 +392,7 @@ class _Profiler:
         self.raw = folder / "sluice-worker.collapsed"
         self.proc = subprocess.Popen(
             [_py_spy(), "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
-             "--threads", "--idle", "--output", str(self.raw), "--nonblocking"],
+             "--threads", "--gil", "--output", str(self.raw), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=open(folder / "py-spy.log", "wb"))  # noqa: SIM115
 
     def stop(self) -> None:
@@ -395,6 +404,11 @@ class _Profiler:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _profiled(args: argparse.Namespace) -> str | None:
+    """The sluice variant ``--profile`` looks at: the first one run."""
+    return next((v for v in args.only.split(",") if v.startswith("sluice")), None)
 
 
 def _py_spy() -> str:
@@ -463,6 +477,17 @@ def _frame(f: str) -> str:
     return f"{name} ({path})"
 
 
+def print_thread_cpu(folder: Path, records: int) -> None:
+    """CPU of each kind of thread, both workers, from start to end (startup included)."""
+    total: Counter[str] = Counter()
+    for f in sorted(folder.glob("thread-cpu-*.json")):
+        total.update(json.loads(f.read_text()))
+    if total:
+        print(f"\n  worker CPU by thread, both workers: {sum(total.values()):.1f} s")
+        for name, seconds in total.most_common(8):
+            print(f"    {seconds:6.2f} s  {1e6 * seconds / records:5.1f} µs per record  {name}")
+
+
 def print_store_calls(folder: Path, chunks: int, records: int) -> None:
     files = sorted(folder.glob("store-calls-*.json"))
     if not files:
@@ -497,7 +522,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds over all contenders; the median run of each is compared")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per contender")
-    ap.add_argument("--profile", type=Path, help="folder for a py-spy profile of sluice-table")
+    ap.add_argument("--profile", type=Path,
+                    help="folder for a py-spy profile of the first sluice variant run")
     # child roles
     ap.add_argument("--role", choices=sorted(ROLES), help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -542,11 +568,15 @@ def main() -> int:
                              f"{res['xacts'] / res['chunks']:.1f} per chunk ({res['chunks']} "
                              f"chunks of {res['records'] / res['chunks']:.0f} records on "
                              "average)")
-                busy, steal = res["cpu"]
+                busy, steal, pg = res["cpu"]
                 print(f"  {res['records']} records in {res['seconds']:.2f} s = "
                       f"{res['rate']:,.0f} records/s{extra}; machine CPU {busy:.1f} s = "
-                      f"{1e6 * busy / res['records']:.0f} µs per record, steal {steal:.1f} s",
-                      flush=True)
+                      f"{1e6 * busy / res['records']:.0f} µs per record (PostgreSQL "
+                      f"{1e6 * pg / res['records']:.0f}), steal {steal:.1f} s", flush=True)
+                if res.get("pg_apps"):
+                    print("  PostgreSQL CPU by connection: " + ", ".join(
+                        f"{app} {1e6 * sec / res['records']:.0f} µs per record"
+                        for app, sec in sorted(res["pg_apps"].items(), key=lambda a: -a[1])))
     # the median run of each contender (its best too, with --repeat): rounds interleave the
     # contenders, so a slow spell of the machine falls on all of them
     results = {name: sorted(rs, key=lambda r: r["rate"])[len(rs) // 2] for name, rs in
@@ -588,11 +618,13 @@ def _report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> Non
             ratio = s["rate"] / raw["rate"]
             print(f"  {variant} vs the raw SKIP LOCKED floor ({raw['rate']:,.0f}/s): "
                   f"{100 * ratio:.0f}% (target ≥ 50%) {verdict(ratio >= 0.5)}")
-    if args.profile and "sluice-table" in results:
-        print(f"\nprofile of one sluice-table worker ({args.profile}):")
+    profiled = _profiled(args)
+    if args.profile and profiled in results:
+        print(f"\nprofile of one {profiled} worker ({args.profile}):")
         summarise_profile(args.profile)
-        s = results["sluice-table"]
+        s = results[profiled]
         print_store_calls(args.profile, s["chunks"], s["records"])
+        print_thread_cpu(args.profile, s["records"])
 
 
 if __name__ == "__main__":
