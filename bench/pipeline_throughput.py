@@ -452,8 +452,8 @@ def summarise_profile(folder: Path, top: int = 25) -> None:
                 seen.add(name)
         leaf.setdefault(thread, Counter())[_frame(frames[-1])] += count
     total = sum(by_thread.values())
-    print(f"  py-spy samples of one worker at 250 Hz, idle included, so a thread's shares are "
-          f"shares of wall time ({total} samples; the {len(handlers)} handler threads are "
+    print(f"  py-spy samples of one worker at 250 Hz, of the thread holding the GIL: where its "
+          f"Python work goes ({total} samples; the {len(handlers)} handler threads are "
           "summed)")
     for thread, n in by_thread.most_common(6):
         print(f"\n  thread {thread}: {n} samples")
