@@ -100,13 +100,21 @@ class Heartbeat:
         for r in running:
             lease = leases.get(r.task.id)
             if lease is None or lease[0] != r.task.token:
+                # A task that its runner ended between the snapshot and the renewal is missed
+                # too (it is no longer running) while the runner returns: lost only if it is
+                # still here, and missed again, at the next beat.
+                if not r.extra.pop("renew_missed", False):
+                    r.extra["renew_missed"] = True
+                    continue
                 if not r.lost:
                     log.warning("lease on task %s of %r lost; its result will be rejected",
                                 r.task.id, r.task.job)
                 r.lost = True
                 r.ctx._cancel.set()
-            elif lease[1]:
-                r.ctx._cancel.set()  # the run was asked to cancel (overlap="replace")
+            else:
+                r.extra.pop("renew_missed", None)
+                if lease[1]:
+                    r.ctx._cancel.set()  # the run was asked to cancel (overlap="replace")
 
     def _refresh_jobs(self) -> None:
         w = self.w
