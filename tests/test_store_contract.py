@@ -201,15 +201,26 @@ def test_a_run_ends_with_its_last_task_and_chunks_leave_the_run_row_alone(store)
                      Counts(loaded=20))
     assert store.run_get(loader.run_id)["open_tasks"] == 1
     first, second = sorted(store.task_claim("n", 5, [], None, 30), key=lambda t: t.id)
-    store.task_finish_chunk(first.id, first.token, Counts(), None, [], "s")
+    # the one-statement end (PostgreSQL), fenced: a stale token only counts as stale
+    stale = store.task_finish_chunk(first.id, first.token - 1, Counts(executed=7), None, [],
+                                    "s", parent_id=loader.id)
+    assert stale.stale and store.run_get(loader.run_id)["stale"] == 1
+    out = store.task_finish_chunk(first.id, first.token, Counts(executed=3), None, [], "s",
+                                  parent_id=loader.id)
+    run = store.run_get(loader.run_id)
+    assert not out.stale and (run["executed"], run["stale"], run["open_tasks"]) == (3, 1, 1)
+    assert store.task_finish_chunk(first.id, first.token, Counts(), None, [], "s",
+                                   parent_id=loader.id).stale, "ended once"
     retry = TaskPlan(kind="exec", parent_id=loader.id, payload={"records": [1]})
     out = store.task_finish_chunk(second.id, second.token, Counts(failed=1), retry, [], "s")
     run = store.run_get(loader.run_id)
     assert (run["open_tasks"], run["failed"], run["state"]) == (1, 1, "running")
+    assert run["stale"] == 2
     assert out.run_finished is None
     again = store.task_claim("n", 5, [], None, 30)
     assert [t.kind for t in again] == ["exec"]  # the retry; the loader still waits for it
-    store.task_finish_chunk(again[0].id, again[0].token, Counts(), None, [], "s")
+    store.task_finish_chunk(again[0].id, again[0].token, Counts(), None, [], "s",
+                            parent_id=loader.id)
     loader = store.task_claim("n", 5, [], None, 30)[0]  # its turn came: load again, or end
     assert store.task_complete(loader.id, loader.token).run_finished == "succeeded"
     assert store.run_get(loader.run_id)["open_tasks"] == 0

@@ -396,7 +396,8 @@ def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str
     counts = Counts(failed=len(failures), parked=len(parked), executed=unsaved.executed,
                     stale=unsaved.stale)
     out = with_store(w, "finish chunk", lambda: w.store.task_finish_chunk(
-        r.task.id, r.task.token, counts, retry, parked, str(payload.get("shard"))))
+        r.task.id, r.task.token, counts, retry, parked, str(payload.get("shard")),
+        parent_id=r.task.parent_id))
     if out is None or out.stale:
         return
     if parked:

@@ -497,9 +497,19 @@ class Store(ReadViews):
 
     def task_finish_chunk(self, task_id: int, token: int, counts: Counts,
                           retry: TaskPlan | None, parked: list[tuple[Any, str, int]],
-                          shard: str | None) -> Outcome:
+                          shard: str | None, parent_id: int | None = None) -> Outcome:
         """End an execute chunk (fenced): count it, queue its failed records for another
-        attempt (a sibling chunk under the same loader), park those out of attempts."""
+        attempt (a sibling chunk under the same loader), park those out of attempts.
+        ``parent_id``: its loader's task (``ClaimedTask.parent_id``); with one, and nothing to
+        retry or park, PostgreSQL does it all in one statement (a chunk's end cannot end the
+        run: its loader still waits)."""
+        simple = retry is None and not parked and not (
+            counts.shards or counts.loaded or counts.parked or counts.reexecuted)
+        if self.dialect == "postgresql" and parent_id and simple:
+            with self.db.single() as tx:
+                row = tx.one("chunk_end", id=task_id, token=token, executed=counts.executed,
+                             failed=counts.failed, stale=counts.stale, tally=int(counts.any()))
+            return Outcome(stale=not (row and row["ended"]))
         with self.db.transaction() as tx:
             task = self._fenced(tx, task_id, token)
             if task is None:

@@ -276,6 +276,36 @@ UPDATE sluice_tasks SET state = 'waiting', owner = NULL, lease_until = NULL,
 -- name: task_add_children
 UPDATE sluice_tasks SET waiting_on = waiting_on + :n WHERE id = :id
 
+-- name: chunk_end@postgresql
+-- Store.task_finish_chunk in one statement (autocommit), for a chunk under a loader with nothing
+-- to retry or park: end it if its token is still current, then its loader's count of waiting
+-- children, then the run's counts (or only a stale completion when the token was not current).
+-- The select list reads the steps in that order, so rows are locked as in the multi-statement
+-- path: chunk, loader, run.
+WITH ended AS (
+UPDATE sluice_tasks SET state = 'done', owner = NULL, lease_until = NULL, error = NULL,
+       finished_at = {now}, available_at = {now}
+ WHERE id = :id AND token = :token AND state = 'running'
+RETURNING run_id, parent_id),
+parent AS (
+UPDATE sluice_tasks p SET waiting_on = waiting_on - 1,
+       state = CASE WHEN waiting_on - 1 = 0 AND state = 'waiting' THEN 'pending' ELSE state END,
+       available_at = {now}, attempt = 0
+  FROM ended WHERE p.id = ended.parent_id
+RETURNING p.id),
+tally AS (
+UPDATE sluice_runs r
+   SET state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
+       executed = executed + CASE WHEN e.n = 1 THEN :executed ELSE 0 END,
+       failed = failed + CASE WHEN e.n = 1 THEN :failed ELSE 0 END,
+       stale = stale + CASE WHEN e.n = 1 THEN :stale ELSE 1 END
+  FROM (SELECT count(*) AS n FROM ended) e
+ WHERE r.id = (SELECT run_id FROM sluice_tasks WHERE id = :id) AND (e.n = 0 OR :tally = 1)
+RETURNING r.id)
+SELECT (SELECT count(*) FROM ended) AS ended, (SELECT count(*) FROM parent) AS parent,
+       (SELECT count(*) FROM tally) AS tally,
+       (SELECT pg_notify('sluice', 'tasks') FROM ended) AS notified
+
 -- name: task_child_done
 UPDATE sluice_tasks SET waiting_on = waiting_on - 1,
        state = CASE WHEN waiting_on - 1 = 0 AND state = 'waiting' THEN 'pending' ELSE state END,
