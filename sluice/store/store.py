@@ -407,8 +407,8 @@ class Store(ReadViews):
             if task["attempt"] < task["max_attempts"] and not final:
                 tx.run("task_set_state", id=task_id, state="pending", error=error,
                        delay=retry_delay)
-                self._tally(tx, task["run_id"], counts)
                 tx.notify("tasks")
+                self._tally(tx, task["run_id"], counts)
                 return Outcome(retried=True)
             finished = self._end_task(tx, task, "dead", error, counts)
         return Outcome(dead=True, run_finished=finished)
@@ -483,6 +483,7 @@ class Store(ReadViews):
                                  "complete=False (a parent outlives its children, which are "
                                  "therefore not counted open on the run)")
             self._insert_tasks(tx, task["run_id"], task["job"], children)
+            tx.notify("tasks")  # sent at COMMIT; before the run's row is locked by the tally
             opened = len(children) - parented
             finished = None
             if complete:
@@ -492,7 +493,6 @@ class Store(ReadViews):
                     tx.run("task_wait_children", id=task_id, n=parented,
                            progress=dumps(progress))
                 self._tally(tx, task["run_id"], counts, opened=opened)
-            tx.notify("tasks")
         return Outcome(run_finished=finished)
 
     def task_finish_chunk(self, task_id: int, token: int, counts: Counts,
@@ -521,11 +521,11 @@ class Store(ReadViews):
             for record, error, attempts in parked:
                 tx.run("dead_insert", job=task["job"], run_id=task["run_id"], shard=shard,
                        record=dumps(record), error=error, attempts=attempts)
-            finished = self._end_task(tx, task, "done", None, counts,
-                                      opened=int(retry is not None and not retry.parent_id))
             # every chunk end wakes the nodes: without it a rate-limited pipeline dipped by
             # up to a third for seconds at a time (bench rate_curve, 2,000/s)
             tx.notify("tasks")
+            finished = self._end_task(tx, task, "done", None, counts,
+                                      opened=int(retry is not None and not retry.parent_id))
         return Outcome(run_finished=finished)
 
     def run_create(self, job: str, trigger: str, tasks: list[TaskPlan]) -> int:
@@ -571,10 +571,10 @@ class Store(ReadViews):
                 else:
                     tx.run("task_untarget", id=task["id"])
             tx.run("node_delete_stale", horizon=max(60.0, node_ttl * 10))
+            tx.notify("tasks")
             # last: every node's checkpoints queue on a run's row while this holds it
             for run_id, n in _rerun_bound(expired).items():
                 self._tally(tx, run_id, Counts(reexecuted=n))
-            tx.notify("tasks")
         return died
 
     def task_running_by_node(self) -> dict[str, int]:
