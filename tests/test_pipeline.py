@@ -557,7 +557,9 @@ def test_chunks_grow_for_fast_records_without_a_rate_and_a_given_chunk_size_is_k
     for _ in range(50):
         for name in ("free", "rated", "fixed"):
             stats.executed(name, [(FAST_RECORD / 10, True)])
-    assert chunk_size(w, free, 1000) == 500, "a share of the batch per live node"
+    assert chunk_size(w, free, 1000) == 500, "one shard: a share of its batch per live node"
+    assert chunk_size(w, free, 1000, shards=25) == FAST_CHUNK, "whole batches for each node"
+    assert chunk_size(w, free, 300, shards=5) == 300, "never more than the batch"
     assert chunk_size(w, free, 10_000) == FAST_CHUNK
     assert chunk_size(w, free, 150) == CHUNK
     assert chunk_size(w, rated, 1000) == CHUNK, "under a rate every node takes its share"
