@@ -399,7 +399,7 @@ def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str
                     stale=unsaved.stale)
     out = with_store(w, "finish chunk", lambda: w.store.task_finish_chunk(
         r.task.id, r.task.token, counts, retry, parked, str(payload.get("shard")),
-        parent_id=r.task.parent_id))
+        parent_id=r.task.parent_id, wake=bool(_qps(w, pipe))))
     if out is None or out.stale:
         return
     if parked:

@@ -66,6 +66,7 @@ class Tx:
 class Driver:
     dialect: str
     tokens: tuple[tuple[str, str], ...]
+    notifies = False  # whether a change wakes the other processes (else they poll)
 
     def transaction(self) -> contextlib.AbstractContextManager[Tx]:
         raise NotImplementedError
@@ -208,6 +209,7 @@ def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
 
 class PostgresDriver(Driver):
     dialect = "postgresql"
+    notifies = True
     tokens = (
         ("now", "extract(epoch from clock_timestamp())::float8"),
         ("next_token", "nextval('sluice_token_seq')"),

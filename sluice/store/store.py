@@ -497,18 +497,21 @@ class Store(ReadViews):
 
     def task_finish_chunk(self, task_id: int, token: int, counts: Counts,
                           retry: TaskPlan | None, parked: list[tuple[Any, str, int]],
-                          shard: str | None, parent_id: int | None = None) -> Outcome:
+                          shard: str | None, parent_id: int | None = None,
+                          wake: bool = True) -> Outcome:
         """End an execute chunk (fenced): count it, queue its failed records for another
         attempt (a sibling chunk under the same loader), park those out of attempts.
         ``parent_id``: its loader's task (``ClaimedTask.parent_id``); with one, and nothing to
         retry or park, PostgreSQL does it all in one statement (a chunk's end cannot end the
-        run: its loader still waits)."""
+        run: its loader still waits). ``wake=False``: wake the nodes only if this made work
+        claimable (the loader's turn, a retry)."""
         simple = retry is None and not parked and not (
             counts.shards or counts.loaded or counts.parked or counts.reexecuted)
         if self.dialect == "postgresql" and parent_id and simple:
             with self.db.single() as tx:
                 row = tx.one("chunk_end", id=task_id, token=token, executed=counts.executed,
-                             failed=counts.failed, stale=counts.stale, tally=int(counts.any()))
+                             failed=counts.failed, stale=counts.stale, tally=int(counts.any()),
+                             wake=int(wake))
             return Outcome(stale=not (row and row["ended"]))
         with self.db.transaction() as tx:
             task = self._fenced(tx, task_id, token)
@@ -521,9 +524,10 @@ class Store(ReadViews):
             for record, error, attempts in parked:
                 tx.run("dead_insert", job=task["job"], run_id=task["run_id"], shard=shard,
                        record=dumps(record), error=error, attempts=attempts)
-            # every chunk end wakes the nodes: without it a rate-limited pipeline dipped by
-            # up to a third for seconds at a time (bench rate_curve, 2,000/s)
-            tx.notify("tasks")
+            # a chunk end of a rate-limited pipeline wakes the nodes: without it the rate
+            # dipped by up to a third for seconds at a time (bench rate_curve, 2,000/s)
+            if wake or retry is not None:
+                tx.notify("tasks")
             finished = self._end_task(tx, task, "done", None, counts,
                                       opened=int(retry is not None and not retry.parent_id))
         return Outcome(run_finished=finished)

@@ -72,6 +72,8 @@ class Worker:
         self._runs_checked = 0.0  # monotonic time of the last look for ready runs
         self._runs_dirty = True  # a "runs" wake-up came since that look
         self._wake_at: float | None = None  # monotonic time a task this node put off is due
+        self._drained_at: float | None = None  # monotonic time a claim last left slots free
+        self._task_notes = 0  # "tasks" wake-ups received so far
         self.plugins: dict[str, Any] = {}  # per-node helpers (the record acker, rate gates)
         self.started = time.monotonic()
         self.stats = NodeStats()  # what this node executed (heartbeat info, /metrics)
@@ -164,15 +166,26 @@ class Worker:
         if free <= 0 or self.stopping.is_set():
             return
         gate = self.plugins.get("rate")
+        limited = gate is not None and gate.limited()
+        # The last claim took all there was and no wake-up announced more since: a task that
+        # ended here freed a slot but made no work, so skip the round trip until a NOTIFY or
+        # the poll interval (a store without NOTIFY, or a rate, looks every time)
+        if self._drained_at is not None and not limited and \
+                time.monotonic() - self._drained_at < self.settings.poll():
+            return
         saturated: list[str] = []
-        if gate is not None and gate.limited():
+        if limited and gate is not None:
             # Work this node's share of a rate cannot run soon would sit here while other
             # nodes idle: take a few tasks per look, and no execute chunks of a job whose
             # limiter already has callers waiting (sluice.rate.gate.SATURATED)
             free = min(free, CLAIM_STEP)
             saturated = gate.saturated()
+        notes = self._task_notes
         tasks = self.store.task_claim(self.node.id, free, self._groups(), self.node.zone,
                                       self.settings.lease_ttl, saturated=saturated)
+        # drained, unless a wake-up came while claiming (it may announce what the claim missed)
+        drained = len(tasks) < free and self.store.db.notifies and notes == self._task_notes
+        self._drained_at = time.monotonic() if drained else None
         for task in tasks:
             self._dispatch(task, slot_taken=False)
 
@@ -247,6 +260,7 @@ class Worker:
                 wait = min(wait, self._wake_at - now)
                 if self._wake_at <= now:  # due: one more look, then forget it
                     self._wake_at = None
+                    self._drained_at = None
         return max(0.0, wait)
 
     # -- start, heartbeat, drain -----------------------------------------------------------
@@ -285,6 +299,9 @@ class Worker:
             self._jobs_dirty = True
         if channel in ("runs", "*"):
             self._runs_dirty = True
+        if channel in ("tasks", "*"):
+            self._task_notes += 1
+            self._drained_at = None
         self.wake.set()
 
     def _register(self) -> None:

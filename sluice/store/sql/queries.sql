@@ -281,7 +281,8 @@ UPDATE sluice_tasks SET waiting_on = waiting_on + :n WHERE id = :id
 -- to retry or park: end it if its token is still current, then its loader's count of waiting
 -- children, then the run's counts (or only a stale completion when the token was not current).
 -- The select list reads the steps in that order, so rows are locked as in the multi-statement
--- path: chunk, loader, run.
+-- path: chunk, loader, run. The nodes are woken when the loader's turn came, or always (:wake)
+-- for a pipeline with a rate, whose nodes hold back from claiming while their limiter is busy.
 WITH ended AS (
 UPDATE sluice_tasks SET state = 'done', owner = NULL, lease_until = NULL, error = NULL,
        finished_at = {now}, available_at = {now}
@@ -292,7 +293,7 @@ UPDATE sluice_tasks p SET waiting_on = waiting_on - 1,
        state = CASE WHEN waiting_on - 1 = 0 AND state = 'waiting' THEN 'pending' ELSE state END,
        available_at = {now}, attempt = 0
   FROM ended WHERE p.id = ended.parent_id
-RETURNING p.id),
+RETURNING p.state),
 tally AS (
 UPDATE sluice_runs r
    SET state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
@@ -304,7 +305,8 @@ UPDATE sluice_runs r
 RETURNING r.id)
 SELECT (SELECT count(*) FROM ended) AS ended, (SELECT count(*) FROM parent) AS parent,
        (SELECT count(*) FROM tally) AS tally,
-       (SELECT pg_notify('sluice', 'tasks') FROM ended) AS notified
+       (SELECT pg_notify('sluice', 'tasks') FROM ended
+         WHERE :wake = 1 OR EXISTS (SELECT 1 FROM parent WHERE state = 'pending')) AS notified
 
 -- name: task_child_done
 UPDATE sluice_tasks SET waiting_on = waiting_on - 1,
