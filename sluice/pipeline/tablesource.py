@@ -360,11 +360,13 @@ _JSON_TYPES = {type(None), str, int, float, bool}
 def _jsonable(keys: list[str], rows: Any) -> list[dict[str, Any]]:
     """Rows as JSON-ready dicts; only columns holding other types (dates, decimals, bytes)
     are converted, value by value."""
-    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in keys]
-    for column in columns:
-        if not {type(v) for v in column} <= _JSON_TYPES:
-            column[:] = [_json_value(v) for v in column]
-    return [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
+    odd = [n for n, column in enumerate(zip(*rows, strict=True))
+           if not set(map(type, column)) <= _JSON_TYPES]
+    records = [dict(zip(keys, row, strict=True)) for row in rows]
+    for key in (keys[n] for n in odd):
+        for record in records:
+            record[key] = _json_value(record[key])
+    return records
 
 
 def _array(keys: list[Any]) -> Any:
