@@ -226,6 +226,38 @@ def test_a_run_ends_with_its_last_task_and_chunks_leave_the_run_row_alone(store)
     assert store.run_get(loader.run_id)["open_tasks"] == 0
 
 
+def test_a_loader_dispatches_its_chunks_fenced_and_they_keep_what_they_carry(store):
+    """One statement on PostgreSQL, a transaction on SQLite: the same outcome."""
+    import json
+
+    from sluice.store import Counts
+
+    _job(store)
+    store.run_fire("j", store.job_get("j")["next_fire_at"], None, [Firing(scheduled_at=1.0)],
+                   "skip", lambda f: [TaskPlan(kind="load", max_attempts=3)])
+    loader = store.task_claim("n", 1, [], None, 30)[0]
+    records = [{"id": 1, "text": 'quote " back \\ slash {brace}, comma', "ü": None}]
+    chunk = TaskPlan(kind="exec", parent_id=loader.id, grp="g1", zone="z",
+                     payload={"records": records, "attempts": [0]}, max_attempts=1_000_000)
+    later = TaskPlan(kind="exec", parent_id=loader.id, payload={"records": [2]}, delay=60.0)
+    assert store.task_spawn(loader.id, loader.token - 1, [chunk], Counts(loaded=5)).stale
+    run = store.run_get(loader.run_id)
+    assert (run["stale"], run["loaded"]) == (1, 0)
+    assert [t["kind"] for t in store.run_tasks(loader.run_id)] == ["load"], "none inserted"
+    out = store.task_spawn(loader.id, loader.token, [chunk, later], Counts(loaded=7),
+                           progress={"cursor": 5})
+    assert not out.stale and store.run_get(loader.run_id)["loaded"] == 7
+    tasks = {t["kind"]: t for t in store.run_tasks(loader.run_id)}
+    assert tasks["load"]["state"] == "waiting"
+    assert json.loads(tasks["load"]["progress"]) == {"cursor": 5}
+    claimed = store.task_claim("n", 5, ["g1"], "z", 30)
+    assert len(claimed) == 1, "the delayed chunk is not due yet"
+    got = claimed[0]
+    assert (got.kind, got.parent_id, got.max_attempts) == ("exec", loader.id, 1_000_000)
+    assert got.payload == {"records": records, "attempts": [0]}
+    assert got.grp == "g1"
+
+
 def test_claims_skip_execute_chunks_of_saturated_jobs(store):
     """A node whose limiter for a job already has callers waiting takes none of its execute
     chunks, but still its other tasks and other jobs' chunks."""

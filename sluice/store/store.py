@@ -473,6 +473,10 @@ class Store(ReadViews):
         """Create child tasks of a running task (fenced). With ``wait``, the parent sleeps in
         state ``waiting`` until its last child ends, then becomes pending again; with
         ``complete`` it ends now (done), in the same transaction."""
+        if self.dialect == "postgresql" and wait and not complete and children and all(
+                c.parent_id == task_id and c.owner is None and c.target_node is None
+                for c in children):
+            return self._spawn_chunks(task_id, token, children, counts or Counts(), progress)
         with self.db.transaction() as tx:
             task = self._fenced(tx, task_id, token)
             if task is None:
@@ -494,6 +498,25 @@ class Store(ReadViews):
                            progress=dumps(progress))
                 self._tally(tx, task["run_id"], counts, opened=opened)
         return Outcome(run_finished=finished)
+
+    def _spawn_chunks(self, task_id: int, token: int, children: list[TaskPlan], counts: Counts,
+                      progress: Any) -> Outcome:
+        """PostgreSQL: a loader's chunks dispatched in one statement (``chunks_spawn``), so
+        the run's row is locked for that statement only, not for the round trips of a
+        transaction."""
+        if counts.failed or counts.parked or counts.reexecuted:
+            raise ValueError("task_spawn: chunks are dispatched with shards, loaded, executed "
+                             "and stale counts only")
+        with self.db.single() as tx:
+            row = tx.one("chunks_spawn", id=task_id, token=token, n=len(children),
+                         progress=dumps(progress), kinds=[c.kind for c in children],
+                         grps=[c.grp for c in children], zones=[c.zone for c in children],
+                         payloads=[dumps(c.payload) for c in children],
+                         max_attempts=[c.max_attempts for c in children],
+                         delays=[float(c.delay) for c in children], shards=counts.shards,
+                         loaded=counts.loaded, executed=counts.executed, stale=counts.stale,
+                         tally=int(counts.any()))
+        return Outcome(stale=not (row and row["spawned"]))
 
     def task_finish_chunk(self, task_id: int, token: int, counts: Counts,
                           retry: TaskPlan | None, parked: list[tuple[Any, str, int]],

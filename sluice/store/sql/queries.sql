@@ -276,6 +276,38 @@ UPDATE sluice_tasks SET state = 'waiting', owner = NULL, lease_until = NULL,
 -- name: task_add_children
 UPDATE sluice_tasks SET waiting_on = waiting_on + :n WHERE id = :id
 
+-- name: chunks_spawn@postgresql
+-- Store.task_spawn in one statement (autocommit), for a loader dispatching its chunks: if its
+-- token is still current it waits for them, they are inserted, and its counts go to the run
+-- (or only a stale call, when the token was not current). Rows are locked loader, then run.
+WITH parent AS (
+UPDATE sluice_tasks SET state = 'waiting', owner = NULL, lease_until = NULL,
+       waiting_on = waiting_on + :n, progress = :progress
+ WHERE id = :id AND token = :token AND state = 'running'
+RETURNING run_id, job),
+children AS (
+INSERT INTO sluice_tasks (run_id, job, kind, state, grp, zone, parent_id, payload, max_attempts,
+                          available_at, created_at, token, attempt, claims)
+SELECT parent.run_id, parent.job, c.kind, 'pending', c.grp, c.zone, :id, c.payload,
+       c.max_attempts, {now} + c.delay, {now}, 0, 0, 0
+  FROM parent, unnest(CAST(:kinds AS text[]), CAST(:grps AS text[]), CAST(:zones AS text[]),
+                      CAST(:payloads AS text[]), CAST(:max_attempts AS int[]),
+                      CAST(:delays AS float8[])) AS c(kind, grp, zone, payload, max_attempts, delay)
+RETURNING id),
+tally AS (
+UPDATE sluice_runs r
+   SET state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
+       shards = shards + CASE WHEN p.n = 1 THEN :shards ELSE 0 END,
+       loaded = loaded + CASE WHEN p.n = 1 THEN :loaded ELSE 0 END,
+       executed = executed + CASE WHEN p.n = 1 THEN :executed ELSE 0 END,
+       stale = stale + CASE WHEN p.n = 1 THEN :stale ELSE 1 END
+  FROM (SELECT count(*) AS n FROM parent) p
+ WHERE r.id = (SELECT run_id FROM sluice_tasks WHERE id = :id) AND (p.n = 0 OR :tally = 1)
+RETURNING r.id)
+SELECT (SELECT count(*) FROM parent) AS spawned, (SELECT count(*) FROM children) AS children,
+       (SELECT count(*) FROM tally) AS tally,
+       (SELECT pg_notify('sluice', 'tasks') FROM parent) AS notified
+
 -- name: chunk_end@postgresql
 -- Store.task_finish_chunk in one statement (autocommit), for a chunk under a loader with nothing
 -- to retry or park: end it if its token is still current, then its loader's count of waiting
