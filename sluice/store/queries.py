@@ -9,6 +9,7 @@ from importlib import resources
 _NAME = re.compile(r"^-- name: (\S+)\s*$", re.M)
 # ":param" but not a PostgreSQL cast ("::text") nor a time inside a string literal.
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+_INCLUDE = re.compile(r"\{include:(\w+)\}")  # a shared part of statements, by block name
 
 
 @cache
@@ -30,6 +31,7 @@ def render(name: str, dialect: str, tokens: tuple[tuple[str, str], ...]) -> str:
     """
     blocks = _blocks()
     sql = blocks.get(f"{name}@{dialect}") or blocks[name]
+    sql = _INCLUDE.sub(lambda m: blocks[m.group(1)], sql)
     for key, value in tokens:
         sql = sql.replace("{" + key + "}", value)
     if dialect == "postgresql":

@@ -475,7 +475,7 @@ class Store(ReadViews):
         ``complete`` it ends now (done), in the same transaction."""
         if self.dialect == "postgresql" and wait and not complete and children and all(
                 c.parent_id == task_id and c.owner is None and c.target_node is None
-                for c in children):
+                for c in children) and not (counts and (counts.parked or counts.reexecuted)):
             return self._spawn_chunks(task_id, token, children, counts or Counts(), progress)
         with self.db.transaction() as tx:
             task = self._fenced(tx, task_id, token)
@@ -504,19 +504,14 @@ class Store(ReadViews):
         """PostgreSQL: a loader's chunks dispatched in one statement (``chunks_spawn``), so
         the run's row is locked for that statement only, not for the round trips of a
         transaction."""
-        if counts.failed or counts.parked or counts.reexecuted:
-            raise ValueError("task_spawn: chunks are dispatched with shards, loaded, executed "
-                             "and stale counts only")
         with self.db.single() as tx:
             row = tx.one("chunks_spawn", id=task_id, token=token, n=len(children),
                          progress=dumps(progress), kinds=[c.kind for c in children],
                          grps=[c.grp for c in children], zones=[c.zone for c in children],
                          payloads=[dumps(c.payload) for c in children],
                          max_attempts=[c.max_attempts for c in children],
-                         delays=[float(c.delay) for c in children], shards=counts.shards,
-                         loaded=counts.loaded, executed=counts.executed, stale=counts.stale,
-                         tally=int(counts.any()))
-        return Outcome(stale=not (row and row["spawned"]))
+                         delays=[float(c.delay) for c in children], **_fenced_counts(counts))
+        return Outcome(stale=not (row and row["fenced"]))
 
     def task_finish_chunk(self, task_id: int, token: int, counts: Counts,
                           retry: TaskPlan | None, parked: list[tuple[Any, str, int]],
@@ -528,14 +523,12 @@ class Store(ReadViews):
         retry or park, PostgreSQL does it all in one statement (a chunk's end cannot end the
         run: its loader still waits). ``wake=False``: wake the nodes only if this made work
         claimable (the loader's turn, a retry)."""
-        simple = retry is None and not parked and not (
-            counts.shards or counts.loaded or counts.parked or counts.reexecuted)
-        if self.dialect == "postgresql" and parent_id and simple:
+        if self.dialect == "postgresql" and parent_id and retry is None and not parked and \
+                not (counts.parked or counts.reexecuted):
             with self.db.single() as tx:
-                row = tx.one("chunk_end", id=task_id, token=token, executed=counts.executed,
-                             failed=counts.failed, stale=counts.stale, tally=int(counts.any()),
-                             wake=int(wake))
-            return Outcome(stale=not (row and row["ended"]))
+                row = tx.one("chunk_end", id=task_id, token=token, wake=int(wake),
+                             **_fenced_counts(counts))
+            return Outcome(stale=not (row and row["fenced"]))
         with self.db.transaction() as tx:
             task = self._fenced(tx, task_id, token)
             if task is None:
@@ -716,3 +709,9 @@ def _rerun_bound(expired: list[Row]) -> dict[int, int]:
         if n:
             bound[run_id] = bound.get(run_id, 0) + n
     return bound
+
+
+def _fenced_counts(counts: Counts) -> dict[str, int]:
+    """Parameters of the one-statement ends' run tally (``fenced_tally`` in queries.sql)."""
+    return {"shards": counts.shards, "loaded": counts.loaded, "executed": counts.executed,
+            "failed": counts.failed, "stale": counts.stale, "tally": int(counts.any())}

@@ -4,7 +4,8 @@
 --                  one machine's clock, passed in)
 --   {next_token}   a new fencing token, larger than every token handed out before
 --   {skip_locked}  FOR UPDATE SKIP LOCKED on PostgreSQL, nothing on SQLite (one writer at a time)
--- A block named "x@postgresql" or "x@sqlite" replaces "x" on that database.
+-- A block named "x@postgresql" or "x@sqlite" replaces "x" on that database; {include:x} stands
+-- for the block "x" (a part shared by several statements).
 
 -- name: clock
 SELECT {now} AS now
@@ -276,11 +277,26 @@ UPDATE sluice_tasks SET state = 'waiting', owner = NULL, lease_until = NULL,
 -- name: task_add_children
 UPDATE sluice_tasks SET waiting_on = waiting_on + :n WHERE id = :id
 
+-- name: fenced_tally
+-- Part of the one-statement task ends below: the run's counts, from a statement whose step
+-- "fenced" found the task by its token (one row) or not (then only a stale call is counted).
+tally AS (
+UPDATE sluice_runs r
+   SET state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
+       shards = shards + CASE WHEN f.n = 1 THEN :shards ELSE 0 END,
+       loaded = loaded + CASE WHEN f.n = 1 THEN :loaded ELSE 0 END,
+       executed = executed + CASE WHEN f.n = 1 THEN :executed ELSE 0 END,
+       failed = failed + CASE WHEN f.n = 1 THEN :failed ELSE 0 END,
+       stale = stale + CASE WHEN f.n = 1 THEN :stale ELSE 1 END
+  FROM (SELECT count(*) AS n FROM fenced) f
+ WHERE r.id = (SELECT run_id FROM sluice_tasks WHERE id = :id) AND (f.n = 0 OR :tally = 1)
+RETURNING r.id)
+
 -- name: chunks_spawn@postgresql
 -- Store.task_spawn in one statement (autocommit), for a loader dispatching its chunks: if its
 -- token is still current it waits for them, they are inserted, and its counts go to the run
 -- (or only a stale call, when the token was not current). Rows are locked loader, then run.
-WITH parent AS (
+WITH fenced AS (
 UPDATE sluice_tasks SET state = 'waiting', owner = NULL, lease_until = NULL,
        waiting_on = waiting_on + :n, progress = :progress
  WHERE id = :id AND token = :token AND state = 'running'
@@ -288,25 +304,16 @@ RETURNING run_id, job),
 children AS (
 INSERT INTO sluice_tasks (run_id, job, kind, state, grp, zone, parent_id, payload, max_attempts,
                           available_at, created_at, token, attempt, claims)
-SELECT parent.run_id, parent.job, c.kind, 'pending', c.grp, c.zone, :id, c.payload,
+SELECT fenced.run_id, fenced.job, c.kind, 'pending', c.grp, c.zone, :id, c.payload,
        c.max_attempts, {now} + c.delay, {now}, 0, 0, 0
-  FROM parent, unnest(CAST(:kinds AS text[]), CAST(:grps AS text[]), CAST(:zones AS text[]),
+  FROM fenced, unnest(CAST(:kinds AS text[]), CAST(:grps AS text[]), CAST(:zones AS text[]),
                       CAST(:payloads AS text[]), CAST(:max_attempts AS int[]),
                       CAST(:delays AS float8[])) AS c(kind, grp, zone, payload, max_attempts, delay)
 RETURNING id),
-tally AS (
-UPDATE sluice_runs r
-   SET state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
-       shards = shards + CASE WHEN p.n = 1 THEN :shards ELSE 0 END,
-       loaded = loaded + CASE WHEN p.n = 1 THEN :loaded ELSE 0 END,
-       executed = executed + CASE WHEN p.n = 1 THEN :executed ELSE 0 END,
-       stale = stale + CASE WHEN p.n = 1 THEN :stale ELSE 1 END
-  FROM (SELECT count(*) AS n FROM parent) p
- WHERE r.id = (SELECT run_id FROM sluice_tasks WHERE id = :id) AND (p.n = 0 OR :tally = 1)
-RETURNING r.id)
-SELECT (SELECT count(*) FROM parent) AS spawned, (SELECT count(*) FROM children) AS children,
+{include:fenced_tally}
+SELECT (SELECT count(*) FROM fenced) AS fenced, (SELECT count(*) FROM children) AS children,
        (SELECT count(*) FROM tally) AS tally,
-       (SELECT pg_notify('sluice', 'tasks') FROM parent) AS notified
+       (SELECT pg_notify('sluice', 'tasks') FROM fenced) AS notified
 
 -- name: chunk_end@postgresql
 -- Store.task_finish_chunk in one statement (autocommit), for a chunk under a loader with nothing
@@ -315,7 +322,7 @@ SELECT (SELECT count(*) FROM parent) AS spawned, (SELECT count(*) FROM children)
 -- The select list reads the steps in that order, so rows are locked as in the multi-statement
 -- path: chunk, loader, run. The nodes are woken when the loader's turn came, or always (:wake)
 -- for a pipeline with a rate, whose nodes hold back from claiming while their limiter is busy.
-WITH ended AS (
+WITH fenced AS (
 UPDATE sluice_tasks SET state = 'done', owner = NULL, lease_until = NULL, error = NULL,
        finished_at = {now}, available_at = {now}
  WHERE id = :id AND token = :token AND state = 'running'
@@ -324,20 +331,12 @@ parent AS (
 UPDATE sluice_tasks p SET waiting_on = waiting_on - 1,
        state = CASE WHEN waiting_on - 1 = 0 AND state = 'waiting' THEN 'pending' ELSE state END,
        available_at = {now}, attempt = 0
-  FROM ended WHERE p.id = ended.parent_id
+  FROM fenced WHERE p.id = fenced.parent_id
 RETURNING p.state),
-tally AS (
-UPDATE sluice_runs r
-   SET state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
-       executed = executed + CASE WHEN e.n = 1 THEN :executed ELSE 0 END,
-       failed = failed + CASE WHEN e.n = 1 THEN :failed ELSE 0 END,
-       stale = stale + CASE WHEN e.n = 1 THEN :stale ELSE 1 END
-  FROM (SELECT count(*) AS n FROM ended) e
- WHERE r.id = (SELECT run_id FROM sluice_tasks WHERE id = :id) AND (e.n = 0 OR :tally = 1)
-RETURNING r.id)
-SELECT (SELECT count(*) FROM ended) AS ended, (SELECT count(*) FROM parent) AS parent,
+{include:fenced_tally}
+SELECT (SELECT count(*) FROM fenced) AS fenced, (SELECT count(*) FROM parent) AS parent,
        (SELECT count(*) FROM tally) AS tally,
-       (SELECT pg_notify('sluice', 'tasks') FROM ended
+       (SELECT pg_notify('sluice', 'tasks') FROM fenced
          WHERE :wake = 1 OR EXISTS (SELECT 1 FROM parent WHERE state = 'pending')) AS notified
 
 -- name: task_child_done
