@@ -127,11 +127,11 @@ class Acker:
         the source already shows it done (finished by a previous owner of the chunk)."""
         self._add(running, [_Ack(running, index, record, slot, complete)])
 
-    def ack_many(self, running: Running, done: list[tuple[int, Any]], slot: bool = True) -> None:
-        """:meth:`ack` for several records of one task, (index, record) each: one hand-over
-        to the writers, one wake-up."""
+    def ack_many(self, running: Running, done: list[tuple[int, Any]]) -> None:
+        """:meth:`ack` for several records of one task that hold a slot each, (index, record)
+        each: one hand-over to the writers, one wake-up."""
         if done:
-            self._add(running, [_Ack(running, i, record, slot, True) for i, record in done])
+            self._add(running, [_Ack(running, i, record, True, True) for i, record in done])
 
     def _add(self, running: Running, acks: list[_Ack]) -> None:
         with self._cond:

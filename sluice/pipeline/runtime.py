@@ -402,6 +402,8 @@ def _finish_chunk(w: Worker, r: Running, pipe: Pipeline, failures: dict[int, str
         parent_id=r.task.parent_id, wake=bool(_qps(w, pipe))))
     if out is None or out.stale:
         return
+    if retry is not None:
+        w.wake_in(retry.delay)  # no wake-up announces when the retry falls due
     if parked:
         w.stats.parked(pipe.name, len(parked))
         w.app.alert(Alert(kind="record_parked", subject=pipe.name,

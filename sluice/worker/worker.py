@@ -183,9 +183,11 @@ class Worker:
         notes = self._task_notes
         tasks = self.store.task_claim(self.node.id, free, self._groups(), self.node.zone,
                                       self.settings.lease_ttl, saturated=saturated)
-        # drained, unless a wake-up came while claiming (it may announce what the claim missed)
-        drained = len(tasks) < free and self.store.db.notifies and notes == self._task_notes
-        self._drained_at = time.monotonic() if drained else None
+        self._drained_at = None
+        if len(tasks) < free and self.store.db.notifies:
+            self._drained_at = time.monotonic()
+            if notes != self._task_notes:  # a wake-up came meanwhile: it may announce more
+                self._drained_at = None
         for task in tasks:
             self._dispatch(task, slot_taken=False)
 
