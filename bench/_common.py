@@ -155,9 +155,11 @@ def processes(procs: list[Proc]) -> Iterator[list[Proc]]:
 # -- /proc ---------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time so far of a process (all its threads), or of one of its threads
+    (its native id)."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else
+                f"/proc/{pid}/task/{thread}/stat").read_text()
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
 

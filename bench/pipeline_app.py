@@ -137,16 +137,16 @@ def _thread_cpu() -> dict[str, float]:
     threads under one name); a thread that ended is missed."""
     import threading
 
-    tick = os.sysconf("SC_CLK_TCK")
+    from bench._common import cpu_seconds
+
     cpu: dict[str, float] = {}
     for t in threading.enumerate():
         try:
-            with open(f"/proc/self/task/{t.native_id}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            seconds = cpu_seconds(os.getpid(), t.native_id or 0)
         except OSError:
             continue
         name = "sluice-task (handlers)" if t.name.startswith("sluice-task") else t.name
-        cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        cpu[name] = cpu.get(name, 0.0) + seconds
     return cpu
 
 

@@ -40,6 +40,9 @@ CHUNK, FAST_CHUNK = 100, 1000  # records per execute chunk by default (see chunk
 
 
 def acker(w: Worker) -> Acker:
+    found = w.plugins.get("acker")  # made once; looked up per slot group, without the lock
+    if found is not None:
+        return found  # type: ignore[no-any-return]
     with _acker_lock:
         if "acker" not in w.plugins:
             w.plugins["acker"] = Acker(w)

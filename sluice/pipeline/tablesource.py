@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, create_engine, inspect, text
 
 from sluice.errors import ConfigError, PipelineError
-from sluice.store.pgarray import array_literal
+from sluice.store.pgarray import array_param
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 STATE_COLUMNS = ("status", "attempts", "lease_owner", "lease_until", "lease_token", "version")
@@ -235,7 +235,7 @@ class TableSource:
         round trip (pipeline mode)."""
         statements = [(self._update_sql(table, version, "%s") +
                        f"= ANY(CAST(%s AS {self._tables[table].key_type}[]))",
-                       (*self._update_params(token, version), _array(keys)))
+                       (*self._update_params(token, version), array_param(keys)))
                       for _, table, token, version, keys in updates]
         with _one_statement(engine) as conn:
             if engine.dialect.driver != "psycopg":
@@ -367,13 +367,6 @@ def _jsonable(keys: list[str], rows: Any) -> list[dict[str, Any]]:
         for record in records:
             record[key] = _json_value(record[key])
     return records
-
-
-def _array(keys: list[Any]) -> Any:
-    """Keys for ``CAST(%s AS type[])``: an array literal (see sluice.store.pgarray) where the
-    keys are plain values, else the list for the driver to adapt."""
-    literal = array_literal(keys)
-    return keys if literal is None else literal
 
 
 def _json_value(v: Any) -> Any:

@@ -33,12 +33,16 @@ def array_literal(values: list[Any]) -> str | None:
     return "{" + ",".join(parts) + "}"
 
 
+def array_param(values: list[Any]) -> Any:
+    """The parameter to send for ``values``: its array literal, or the list itself for the
+    driver to adapt when :func:`array_literal` cannot render it."""
+    literal = array_literal(values)
+    return values if literal is None else literal
+
+
 def with_array_literals(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with each list that :func:`array_literal` can render rendered."""
+    """``params`` with each list sent as :func:`array_param` gives it."""
     if not any(type(v) is list for v in params.values()):
         return params
-    out = {}
-    for name, value in params.items():
-        literal = array_literal(value) if type(value) is list else None
-        out[name] = value if literal is None else literal
-    return out
+    return {name: array_param(value) if type(value) is list else value
+            for name, value in params.items()}

@@ -473,10 +473,11 @@ class Store(ReadViews):
         """Create child tasks of a running task (fenced). With ``wait``, the parent sleeps in
         state ``waiting`` until its last child ends, then becomes pending again; with
         ``complete`` it ends now (done), in the same transaction."""
-        if self.dialect == "postgresql" and wait and not complete and children and all(
-                c.parent_id == task_id and c.owner is None and c.target_node is None
-                for c in children) and not (counts and (counts.parked or counts.reexecuted)):
-            return self._spawn_chunks(task_id, token, children, counts or Counts(), progress)
+        fenced = _fenced_counts(counts or Counts())
+        if self.dialect == "postgresql" and fenced is not None and wait and not complete and \
+                children and all(c.parent_id == task_id and c.owner is None and
+                                 c.target_node is None for c in children):
+            return self._spawn_chunks(task_id, token, children, fenced, progress)
         with self.db.transaction() as tx:
             task = self._fenced(tx, task_id, token)
             if task is None:
@@ -499,8 +500,8 @@ class Store(ReadViews):
                 self._tally(tx, task["run_id"], counts, opened=opened)
         return Outcome(run_finished=finished)
 
-    def _spawn_chunks(self, task_id: int, token: int, children: list[TaskPlan], counts: Counts,
-                      progress: Any) -> Outcome:
+    def _spawn_chunks(self, task_id: int, token: int, children: list[TaskPlan],
+                      counts: dict[str, int], progress: Any) -> Outcome:
         """PostgreSQL: a loader's chunks dispatched in one statement (``chunks_spawn``), so
         the run's row is locked for that statement only, not for the round trips of a
         transaction."""
@@ -510,7 +511,7 @@ class Store(ReadViews):
                          grps=[c.grp for c in children], zones=[c.zone for c in children],
                          payloads=[dumps(c.payload) for c in children],
                          max_attempts=[c.max_attempts for c in children],
-                         delays=[float(c.delay) for c in children], **_fenced_counts(counts))
+                         delays=[float(c.delay) for c in children], **counts)
         return Outcome(stale=not (row and row["fenced"]))
 
     def task_finish_chunk(self, task_id: int, token: int, counts: Counts,
@@ -523,11 +524,11 @@ class Store(ReadViews):
         retry or park, PostgreSQL does it all in one statement (a chunk's end cannot end the
         run: its loader still waits). ``wake=False``: wake the nodes only if this made work
         claimable (the loader's turn, a retry)."""
+        fenced = _fenced_counts(counts)
         if self.dialect == "postgresql" and parent_id and retry is None and not parked and \
-                not (counts.parked or counts.reexecuted):
+                fenced is not None:
             with self.db.single() as tx:
-                row = tx.one("chunk_end", id=task_id, token=token, wake=int(wake),
-                             **_fenced_counts(counts))
+                row = tx.one("chunk_end", id=task_id, token=token, wake=int(wake), **fenced)
             return Outcome(stale=not (row and row["fenced"]))
         with self.db.transaction() as tx:
             task = self._fenced(tx, task_id, token)
@@ -711,7 +712,10 @@ def _rerun_bound(expired: list[Row]) -> dict[int, int]:
     return bound
 
 
-def _fenced_counts(counts: Counts) -> dict[str, int]:
-    """Parameters of the one-statement ends' run tally (``fenced_tally`` in queries.sql)."""
+def _fenced_counts(counts: Counts) -> dict[str, int] | None:
+    """Parameters of the one-statement ends' run tally (``fenced_tally`` in queries.sql);
+    None for counts it does not carry (parked, re-executed: those go the transaction's way)."""
+    if counts.parked or counts.reexecuted:
+        return None
     return {"shards": counts.shards, "loaded": counts.loaded, "executed": counts.executed,
             "failed": counts.failed, "stale": counts.stale, "tally": int(counts.any())}
